@@ -1,0 +1,407 @@
+"""Configuration: dataclasses with documented defaults, loadable from YAML, overridable from the CLI.
+
+A run is described by one :class:`RunConfig` made of sections (``data``, ``model``, ``select``,
+``train``, ``output``). In YAML the sections are nested mappings; on the command line every field
+is a flat flag (``--tau 0.6``, ``--global-model PATH``), since field names are unique across
+sections. Each run writes its resolved config as ``config.yaml`` next to its results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .select import validate_beta, validate_tau
+
+PACKAGED_MODEL = "packaged"
+"""Name of the offline default global model: the packaged all-MiniLM-L6-v2 encoder."""
+
+METHODS = (
+    "global",
+    "full",
+    "scpo",
+    "filter-only",
+    "weight-only",
+    "inverse",
+    "random-subset",
+    "scratch",
+)
+"""Every method scpo can compare; see :mod:`scpo.train` for what each trains on."""
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class DataConfig:
+    """Which preference data to load and how to split it."""
+
+    dataset: str = _help(
+        "synthetic (embedded default, no download), goqa, prism, pairs or ratings",
+        default="synthetic",
+    )
+    data_path: str | None = _help(
+        "local file/folder or Hub id of the data set (goqa: CSV; prism: folder with "
+        "utterances.jsonl and survey.jsonl; pairs/ratings: JSONL, CSV or Parquet); "
+        "default: the Hub for goqa/prism",
+        default=None,
+    )
+    groups: list[str] | None = _help(
+        "groups to train (comma separated); default: the data set's own default groups",
+        default=None,
+    )
+    columns: dict[str, str] = _help(
+        "column mapping for pairs/ratings files, canonical=yours (prompt=question,group=country)",
+        default_factory=dict,
+    )
+    split_seed: int = _help("seed of the train/test partition of split keys", default=0)
+    test_fraction: float = _help("share of split keys held out for testing", default=0.2)
+    global_source: str = _help(
+        "data of the offline global model: auto, holdout (a held-apart share of split keys), "
+        "pooled (population pairs built by the loader) or none (a pretrained reward model)",
+        default="auto",
+    )
+    global_fraction: float = _help(
+        "share of split keys held apart to train the offline global model (global_source=holdout)",
+        default=0.3,
+    )
+    min_share_gap: float = _help(
+        "goqa: two options form a pair when their shares differ by at least this", default=0.10
+    )
+    country_field: str = _help(
+        "prism: survey field naming the group (reside_country or birth_country)",
+        default="reside_country",
+    )
+    synthetic_preset: str = _help(
+        "synthetic: default, no-outliers (control), no-deviation (control) or tiny",
+        default="default",
+    )
+    synthetic_seed: int = _help("synthetic: seed of the generator", default=0)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("synthetic", "goqa", "prism", "pairs", "ratings"):
+            raise ConfigError(f"--dataset must be synthetic, goqa, prism, pairs or ratings, got {self.dataset!r}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.global_fraction < 1.0:
+            raise ConfigError(f"--global-fraction must be in [0, 1), got {self.global_fraction}")
+        if self.global_source not in ("auto", "holdout", "pooled", "none"):
+            raise ConfigError(
+                f"--global-source must be auto, holdout, pooled or none, got {self.global_source!r}"
+            )
+        if not 0.0 <= self.min_share_gap < 1.0:
+            raise ConfigError(f"--min-share-gap must be in [0, 1), got {self.min_share_gap}")
+
+
+@dataclass
+class ModelConfig:
+    """The global reward model and how texts are fed to it."""
+
+    global_model: str = _help(
+        "'packaged' (all-MiniLM-L6-v2 with a reward head trained on the population's pairs) "
+        "or a Hub id / local path of a sequence-classification reward model",
+        default=PACKAGED_MODEL,
+    )
+    input_format: str = _help(
+        "auto, text-pair (encoder reward models) or chat (chat-template reward models)",
+        default="auto",
+    )
+    max_length: int = _help("maximum tokens per (prompt, response); truncation keeps the response", default=256)
+    score_batch_size: int = _help("texts per forward pass when scoring", default=64)
+    cache_dir: str = _help("on-disk cache of scores and features", default=".scpo_cache")
+    torch_dtype: str = _help("float32, bfloat16 or float16", default="float32")
+
+    def __post_init__(self) -> None:
+        if self.input_format not in ("auto", "text-pair", "chat"):
+            raise ConfigError(f"--input-format must be auto, text-pair or chat, got {self.input_format!r}")
+        if self.max_length < 8:
+            raise ConfigError(f"--max-length must be >= 8, got {self.max_length}")
+        if self.score_batch_size < 1:
+            raise ConfigError(f"--score-batch-size must be >= 1, got {self.score_batch_size}")
+        if self.torch_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"--torch-dtype must be float32, bfloat16 or float16, got {self.torch_dtype!r}")
+
+
+@dataclass
+class SelectConfig:
+    """The SCPO filter and weight."""
+
+    tau: float = _help("filter: keep a pair where sigmoid(delta) < tau; 1 turns it off", default=0.7)
+    beta: float = _help("weight: w = min(exp(delta/beta), 1); inf turns it off", default=1.1)
+
+    def __post_init__(self) -> None:
+        try:
+            self.tau = validate_tau(self.tau)
+            self.beta = validate_beta(self.beta)
+        except ValueError as e:
+            raise ConfigError(f"--{str(e)}") from None
+
+
+@dataclass
+class TrainConfig:
+    """How each group's model is trained and which methods are compared."""
+
+    mode: str = _help(
+        "head (frozen encoder, train the score layer on cached features; fast on CPU), "
+        "full (full fine-tuning with the transformers Trainer) or lora (PEFT LoRA)",
+        default="head",
+    )
+    methods: list[str] = _help(
+        "methods to compare: " + ", ".join(METHODS),
+        default_factory=lambda: ["global", "full", "scpo"],
+    )
+    seeds: list[int] = _help("training seeds; every number is reported as mean and std over them", default_factory=lambda: [0])
+    learning_rates: list[float] = _help(
+        "learning-rate grid, chosen per method and group on validation folds",
+        default_factory=lambda: [1e-3, 3e-3, 1e-2],
+    )
+    steps: list[int] = _help("training-steps grid", default_factory=lambda: [50, 150, 400])
+    pulls: list[float] = _help(
+        "grid of the L2 pull towards the global model's parameters", default_factory=lambda: [0.0, 1.0]
+    )
+    batch_size: int = _help("pairs per optimisation step (global batch)", default=32)
+    val_folds: int = _help(
+        "validation folds carved from each group's training split keys for the grid search "
+        "(1 = no search: the first value of every grid)",
+        default=3,
+    )
+    global_learning_rate: float = _help("learning rate of the offline global model's head", default=3e-3)
+    global_steps: int = _help("training steps of the offline global model's head", default=1500)
+    # Trainer pass-through (full / lora)
+    weight_decay: float = _help("Trainer: weight decay", default=0.0)
+    warmup_ratio: float = _help("Trainer: warm-up share of steps", default=0.0)
+    gradient_accumulation_steps: int = _help("Trainer: gradient accumulation steps", default=1)
+    gradient_checkpointing: bool = _help("Trainer: gradient checkpointing", default=False)
+    bf16: bool = _help("Trainer: bf16 mixed precision", default=False)
+    deepspeed: str | None = _help("Trainer: DeepSpeed config file", default=None)
+    report_to: str = _help("Trainer: report_to (none, wandb, tensorboard, ...)", default="none")
+    group_by_length: bool = _help("Trainer: length-grouped batches", default=True)
+    dataloader_num_workers: int = _help("Trainer: data loader workers", default=0)
+    lora_r: int = _help("LoRA rank", default=8)
+    lora_alpha: int = _help("LoRA alpha", default=16)
+    lora_dropout: float = _help("LoRA dropout", default=0.0)
+    lora_target_modules: list[str] | None = _help(
+        "LoRA target modules (default: PEFT's choice for the architecture)", default=None
+    )
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("head", "full", "lora"):
+            raise ConfigError(f"--mode must be head, full or lora, got {self.mode!r}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ConfigError(f"--methods: unknown method(s) {bad}; known: {', '.join(METHODS)}")
+        if not self.methods:
+            raise ConfigError("--methods must name at least one method")
+        for name in ("learning_rates", "steps", "pulls", "seeds"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+        if any(lr <= 0 or not math.isfinite(lr) for lr in self.learning_rates):
+            raise ConfigError(f"--learning-rates must be > 0, got {self.learning_rates}")
+        if any(s < 0 for s in self.steps):
+            raise ConfigError(f"--steps must be >= 0, got {self.steps}")
+        if any(p < 0 for p in self.pulls):
+            raise ConfigError(f"--pulls must be >= 0, got {self.pulls}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.val_folds < 1:
+            raise ConfigError(f"--val-folds must be >= 1, got {self.val_folds}")
+
+
+@dataclass
+class OutputConfig:
+    """Where results go."""
+
+    output_dir: str = _help("run directory (results, report, models)", default="runs/default")
+    save_models: bool = _help("save each group's trained model in the run directory", default=True)
+    plots: bool = _help("write PNG plots next to the report", default=True)
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``scpo run`` needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        d = self.to_dict()
+        # YAML has no inf literal that yaml.safe_load reads back as float unless written .inf
+        return yaml.safe_dump(d, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in d.items():
+            if key not in sections:
+                raise ConfigError(f"{source}: unknown section {key!r}; known: {', '.join(sections)}")
+            sec_cls = _SECTION_CLASSES[key]
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section {key!r} must be a mapping")
+            known = {f.name: f for f in dataclasses.fields(sec_cls)}
+            for k in value:
+                if k not in known:
+                    raise ConfigError(
+                        f"{source}: unknown key {key}.{k}; known: {', '.join(known)}"
+                    )
+            coerced = {k: _coerce(v, known[k], f"{source}: {key}.{k}") for k, v in value.items()}
+            kwargs[key] = sec_cls(**coerced)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            d = yaml.safe_load(text) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}".splitlines()[0]) from None
+        return cls.from_dict(d, source=str(path))
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A copy with flat field overrides (``tau=0.6``, ``mode='full'``) applied and validated."""
+        d = self.to_dict()
+        for k, v in overrides.items():
+            sec = FIELD_SECTION.get(k)
+            if sec is None:
+                raise ConfigError(f"unknown option {k!r}")
+            d[sec][k] = v
+        return RunConfig.from_dict(d)
+
+
+_SECTION_CLASSES: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "select": SelectConfig,
+    "train": TrainConfig,
+    "output": OutputConfig,
+}
+
+FIELD_SECTION: dict[str, str] = {
+    f.name: sec for sec, c in _SECTION_CLASSES.items() for f in dataclasses.fields(c)
+}
+"""Flat option name -> section name."""
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(the non-None type, whether None is allowed) of a field annotation."""
+    if isinstance(tp, str):
+        tp = eval(tp, {**vars(typing), "list": list, "dict": dict})  # annotations are ours
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
+    tp, optional = _base_type(f.type)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: must not be empty")
+    try:
+        return _parse_value(value, tp)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _parse_scalar(value: Any, tp: Any) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _parse_value(value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_parse_scalar(v, item) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            out = {}
+            for part in value.split(","):
+                if not part.strip():
+                    continue
+                if "=" not in part:
+                    raise ValueError(f"expected key=value pairs, got {part!r}")
+                k, v = part.split("=", 1)
+                out[k.strip()] = v.strip()
+            return out
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    return _parse_scalar(value, tp)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per config field (``--tau``, ``--global-model``...), default unset."""
+    for sec, c in _SECTION_CLASSES.items():
+        group = parser.add_argument_group(f"{sec} options ({c.__doc__.strip().splitlines()[0]})")
+        defaults = c() if sec != "select" else SelectConfig()
+        for f in dataclasses.fields(c):
+            default = getattr(defaults, f.name)
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                default=None,
+                metavar=f.name.upper(),
+                help=f"{f.metadata.get('help', '')} (default: {shown})",
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Build the resolved config: defaults, then ``--config`` YAML, then explicit flags."""
+    cfg = RunConfig.from_yaml(args.config) if getattr(args, "config", None) else RunConfig()
+    overrides = {k: getattr(args, k) for k in FIELD_SECTION if getattr(args, k, None) is not None}
+    if not overrides:
+        return cfg
+    d = cfg.to_dict()
+    for k, v in overrides.items():
+        d[FIELD_SECTION[k]][k] = v
+    return RunConfig.from_dict(d, source="command line")

@@ -1,0 +1,58 @@
+"""Step 1 of the pipeline: load a preference data set into canonical pairs (see :mod:`.base`).
+
+``load_data(cfg)`` dispatches on ``cfg.dataset``:
+
+* ``synthetic`` — the embedded default (:mod:`.synthetic`), generated, no download;
+* ``goqa`` — GlobalOpinionQA, Hub or local CSV (:mod:`.goqa`);
+* ``prism`` — PRISM, Hub or local JSONL (:mod:`.prism`);
+* ``pairs`` / ``ratings`` — the user's own files (:mod:`.files`).
+"""
+
+from __future__ import annotations
+
+from ..config import DataConfig
+from .base import (
+    PAIR_COLUMNS,
+    PreferenceData,
+    add_split_column,
+    assign_splits,
+    check_pairs,
+    file_sha256,
+    kfold_keys,
+)
+
+__all__ = [
+    "PAIR_COLUMNS",
+    "PreferenceData",
+    "add_split_column",
+    "assign_splits",
+    "check_pairs",
+    "file_sha256",
+    "kfold_keys",
+    "load_data",
+]
+
+
+def load_data(cfg: DataConfig) -> PreferenceData:
+    """Load the data set ``cfg`` names, in canonical form (not yet split)."""
+    if cfg.dataset == "synthetic":
+        from .synthetic import generate
+
+        return generate(cfg.synthetic_preset, seed=cfg.synthetic_seed)
+    if cfg.dataset == "goqa":
+        from .goqa import load_goqa
+
+        return load_goqa(cfg)
+    if cfg.dataset == "prism":
+        from .prism import load_prism
+
+        return load_prism(cfg)
+    if cfg.dataset == "pairs":
+        from .files import load_pairs
+
+        return load_pairs(cfg)
+    if cfg.dataset == "ratings":
+        from .files import load_ratings
+
+        return load_ratings(cfg)
+    raise ValueError(f"unknown dataset {cfg.dataset!r}")

@@ -1,0 +1,128 @@
+"""The canonical form every loader produces, and the split of split keys into train/test/global.
+
+A data set is a table of preference pairs held as a ``datasets.Dataset`` (Arrow) with the columns
+``pair_id, group, prompt, chosen, rejected, split_key`` (all strings) plus optional metadata:
+
+* ``contested`` (bool): the pair's order in its group contradicts the population's order
+  (GlobalOpinionQA: country shares vs the mean over countries; synthetic: the group's true
+  utility vs the shared one). Loaders that cannot tell leave the column out.
+* ``oracle_margin`` (float): the group's true utility of chosen minus rejected (synthetic only).
+* ``raw_group`` (str): the group's name as the source spelled it.
+* ``source_row`` (int): the 1-based row of the source file the pair came from.
+
+The split is by ``split_key`` (a user, a question, a prompt), never by pair: one partition of the
+split keys, drawn with ``split_seed``, is shared by every group and by the offline global model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from ..errors import InputError
+
+PAIR_COLUMNS = ("pair_id", "group", "prompt", "chosen", "rejected", "split_key")
+"""Required columns of the canonical pair table, all strings."""
+
+SPLITS = ("train", "test", "global")
+
+
+@dataclass
+class PreferenceData:
+    """A loaded data set in canonical form."""
+
+    name: str
+    """Short name (``synthetic``, ``goqa``, ``prism``, ``pairs``, ``ratings``)."""
+    pairs: datasets.Dataset
+    """Every group's pairs (see the module docstring for the columns)."""
+    default_groups: list[str]
+    """Groups trained when the user names none."""
+    global_pairs: datasets.Dataset | None = None
+    """Population pairs for the offline global model (``global_source=pooled``), same columns."""
+    default_test_fraction: float = 0.2
+    """Share of split keys held out for testing when the config does not say."""
+    split_unit: str = "split key"
+    """What a split key is (user, question, annotator): named in reports."""
+    group_matches: dict[str, list[str]] = field(default_factory=dict)
+    """Group -> the raw names in the source that it matched."""
+    stats: dict[str, Any] = field(default_factory=dict)
+    """Counts the loader reports: ties dropped, unusable rows, per group where it applies."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """Where the data came from: files with sha256, Hub ids, generator settings."""
+    synthetic: bool = False
+    """True for generated data (reports say so everywhere)."""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_pairs(pairs: datasets.Dataset, source: str) -> None:
+    """Raise :class:`InputError` unless ``pairs`` has the canonical columns and usable texts."""
+    missing = [c for c in PAIR_COLUMNS if c not in pairs.column_names]
+    if missing:
+        raise InputError(f"missing column(s) {missing}", file=source)
+    for name in ("prompt", "chosen", "rejected", "group", "split_key"):
+        col = pairs[name]
+        for i, v in enumerate(col):
+            if not isinstance(v, str) or not v.strip():
+                raise InputError("empty or non-text value", file=source, row=i + 1, field=name)
+
+
+def assign_splits(
+    split_keys: list[str] | np.ndarray,
+    *,
+    seed: int,
+    test_fraction: float,
+    global_fraction: float = 0.0,
+) -> dict[str, str]:
+    """Partition distinct split keys into ``test``, ``global`` and ``train``.
+
+    Deterministic for a seed: keys are sorted, then permuted by ``numpy.random.default_rng(seed)``.
+    The first ``round(n * test_fraction)`` keys are test, the next ``round(n * global_fraction)``
+    global, the rest train. With at least 3 keys each requested part gets at least one key.
+    """
+    keys = sorted(set(map(str, split_keys)))
+    n = len(keys)
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    n_glob = int(round(n * global_fraction))
+    if n >= 3:
+        n_test = max(n_test, 1 if test_fraction > 0 else 0)
+        n_glob = max(n_glob, 1 if global_fraction > 0 else 0)
+    n_test = min(n_test, max(n - 1, 0))
+    n_glob = min(n_glob, max(n - n_test - 1, 0))
+    out = {}
+    for rank, idx in enumerate(order):
+        out[keys[idx]] = "test" if rank < n_test else ("global" if rank < n_test + n_glob else "train")
+    return out
+
+
+def add_split_column(pairs: datasets.Dataset, assignment: dict[str, str]) -> datasets.Dataset:
+    """Add the ``split`` column from a split-key assignment (keys not assigned become ``train``)."""
+    split = [assignment.get(k, "train") for k in pairs["split_key"]]
+    if "split" in pairs.column_names:
+        pairs = pairs.remove_columns("split")
+    return pairs.add_column("split", split)
+
+
+def kfold_keys(keys: list[str], k: int, seed: int) -> list[list[str]]:
+    """Split keys into ``k`` folds (deterministic for a seed); ``k`` is capped by ``len(keys)``."""
+    keys = sorted(set(keys))
+    if not keys:
+        return [[] for _ in range(max(k, 1))]
+    k = max(1, min(k, len(keys)))
+    order = np.random.default_rng(seed).permutation(len(keys))
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for rank, idx in enumerate(order):
+        folds[rank % k].append(keys[idx])
+    return folds
