@@ -65,7 +65,10 @@ class DataConfig:
         default_factory=dict,
     )
     split_seed: int = _help("seed of the train/test partition of split keys", default=0)
-    test_fraction: float = _help("share of split keys held out for testing", default=0.2)
+    test_fraction: float | None = _help(
+        "share of split keys held out for testing (default: the data set's own, e.g. 0.15 for prism)",
+        default=None,
+    )
     global_source: str = _help(
         "data of the offline global model: auto, holdout (a held-apart share of split keys), "
         "pooled (population pairs built by the loader) or none (a pretrained reward model)",
@@ -91,7 +94,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("synthetic", "goqa", "prism", "pairs", "ratings"):
             raise ConfigError(f"--dataset must be synthetic, goqa, prism, pairs or ratings, got {self.dataset!r}")
-        if not 0.0 < self.test_fraction < 1.0:
+        if self.test_fraction is not None and not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if not 0.0 <= self.global_fraction < 1.0:
             raise ConfigError(f"--global-fraction must be in [0, 1), got {self.global_fraction}")
