@@ -79,8 +79,27 @@ COMMANDS["run"] = ("run the SCPO experiment (default: the embedded synthetic ben
 COMMANDS["report"] = ("rebuild report.md and plots of a run from its results.json", _add_report_args, _report)
 
 
+COMMAND_MODULES = ("scpo.inspect", "scpo.sweep", "scpo.steer", "scpo.serve")
+"""Modules that add subcommands: each defines ``register(commands)`` adding to :data:`COMMANDS`."""
+
+
+def _load_command_modules() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(COMMANDS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+
+    _load_command_modules()
 
     parser = argparse.ArgumentParser(prog="scpo", description="Steerable Cultural Preference Optimization of reward models")
     parser.add_argument("--version", action="version", version=f"scpo {__version__}")
