@@ -190,6 +190,7 @@ class TrainConfig:
     report_to: str = _help("Trainer: report_to (none, wandb, tensorboard, ...)", default="none")
     group_by_length: bool = _help("Trainer: length-grouped batches", default=True)
     dataloader_num_workers: int = _help("Trainer: data loader workers", default=0)
+    save_steps: int = _help("Trainer: checkpoint every this many steps (resume after an interruption); 0 = never", default=200)
     lora_r: int = _help("LoRA rank", default=8)
     lora_alpha: int = _help("LoRA alpha", default=16)
     lora_dropout: float = _help("LoRA dropout", default=0.0)

@@ -5,8 +5,10 @@ Read top to bottom: :func:`run` calls one function per step, each in the module 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -266,7 +268,7 @@ def fit_heads(exp: Experiment, methods: list[str], seeds: list[int], progress: b
         snaps = train_heads(diffs, jobs, steps, tc.batch_size, progress=progress)
         accs = val_accuracy(diffs, jobs, snaps)  # [J, S]
         table: dict[tuple, list] = {}
-        for (g, m, seed, fi, ci), a in zip(keys, accs):
+        for (g, m, seed, _fi, ci), a in zip(keys, accs):
             table.setdefault((g, m, seed), []).append((ci, a))
         for (g, m, seed), rows in table.items():
             score = np.zeros((len(cells), len(steps)))
@@ -388,7 +390,8 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
     cfg = cfg or RunConfig()
     out_dir = Path(cfg.output.output_dir)
     t0 = time.time()
-    with RunLock(out_dir):
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch, rank 0 writes
+    with RunLock(out_dir) if main_process else contextlib.nullcontext():
         exp = exp or prepare(cfg, progress=progress)
         methods = list(dict.fromkeys(cfg.train.methods))
         seeds = list(cfg.train.seeds)
@@ -424,5 +427,6 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         }
         results["summary"] = summarize(exp, ev, methods)
         results["wall_time_s"] = time.time() - t0
-        report.write_run(out_dir, cfg, results, exp=exp, models=models)
+        if main_process:
+            report.write_run(out_dir, cfg, results, exp=exp, models=models)
     return results

@@ -174,6 +174,7 @@ def _save(fig: Any, path: Path, run_dir: Path) -> str:
 def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) -> None:
     """Head mode: the global model (a plain transformers checkpoint) and every group's score layer."""
     import shutil
+
     import torch
     from safetensors.torch import save_file
 
@@ -181,9 +182,9 @@ def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) 
     tmp = run_dir / ".models.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "global").mkdir(parents=True)
+    exp.rm.model.save_pretrained(tmp / "global")
+    exp.rm.tokenizer.save_pretrained(tmp / "global")
     if results["mode"] == "head":
-        exp.rm.model.save_pretrained(tmp / "global")
-        exp.rm.tokenizer.save_pretrained(tmp / "global")
         seed = results["seeds"][0]
         heads = {}
         for (g, m, s), w in models.items():
@@ -192,7 +193,15 @@ def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) 
         save_file(heads, str(tmp / "heads.safetensors"), metadata={"seed": str(seed), "bias": str(float(exp.rm.head_params()[1]))})
     else:
         for name, path in models.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(path), str(tmp / name))
+    # a reference set of texts on which serving centres and scales every model's rewards
+    rng = np.random.default_rng(0)
+    n = len(exp.prompts)
+    pick = np.sort(rng.choice(n, size=min(512, n), replace=False))
+    with open(tmp / "reference.jsonl", "w", encoding="utf-8") as f:
+        for i in pick:
+            f.write(json.dumps({"prompt": exp.prompts[i], "response": exp.responses[i]}) + "\n")
     manifest = {
         "mode": results["mode"], "groups": results["data"]["groups"], "methods": results["methods"],
         "score_layer": exp.rm.score_layer_name, "formatter": exp.rm.formatter.to_dict(),

@@ -338,6 +338,14 @@ def select_groups(
 # loaders
 
 
+def _generated_id(row: int, given: set[str]) -> str:
+    """``pairs-<row>``, made distinct from every id the file gives."""
+    out = f"pairs-{row}"
+    while out in given:
+        out += "-generated"
+    return out
+
+
 def _require_path(cfg: DataConfig) -> Path:
     if not cfg.data_path:
         raise ConfigError(f"--data-path is required for --dataset {cfg.dataset}")
@@ -380,6 +388,7 @@ def load_pairs(cfg: DataConfig) -> PreferenceData:
     counts: Counter[str] = Counter()
     seen_pairs: set[tuple[str, str, str, str, str]] = set()
     seen_ids: dict[str, int] = {}
+    given_ids = {r[6] for r in rows if r[6] is not None}
     for row, prompt, chosen, rejected, raw_group, split_key, pair_id in rows:
         group = gmap[raw_group]
         if pair_id is not None:
@@ -403,7 +412,7 @@ def load_pairs(cfg: DataConfig) -> PreferenceData:
         seen_pairs.add(key)
         per_group[group]["pairs"] += 1
         table.add(
-            pair_id=pair_id if pair_id is not None else f"pairs-{row}",
+            pair_id=pair_id if pair_id is not None else _generated_id(row, given_ids),
             group=group,
             prompt=prompt,
             chosen=chosen,

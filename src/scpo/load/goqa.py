@@ -156,8 +156,9 @@ def _records(cfg: DataConfig) -> tuple[str, list[str], Iterable[tuple[int, dict[
             ds = datasets.load_dataset(hub_id, split="train")
         except Exception as e:  # offline, unknown id, ...: one clear message
             raise InputError(
-                f"cannot load the Hub data set {hub_id!r}: {type(e).__name__}: {e}; "
-                "give --data-path a local copy of global_opinions.csv",
+                f"cannot load the Hub data set {hub_id!r} ({type(e).__name__}: {e}); "
+                + ("no local path of that name exists either; " if cfg.data_path else "")
+                + "give --data-path a local copy of global_opinions.csv",
                 file=hub_id,
             ) from None
         return hub_id, list(ds.column_names), ((i + 1, rec) for i, rec in enumerate(ds)), {"hub_id": hub_id}

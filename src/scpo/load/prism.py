@@ -57,8 +57,9 @@ def _hub_records(hub_id: str, config: str) -> tuple[list[str], Iterable[tuple[in
         ds = datasets.load_dataset(hub_id, config, split="train")
     except Exception as e:  # offline, unknown id, ...: one clear message
         raise InputError(
-            f"cannot load the Hub data set {hub_id!r} (config {config!r}): {type(e).__name__}: {e}; "
-            "give --data-path a local folder holding utterances.jsonl and survey.jsonl",
+            f"cannot load the Hub data set {hub_id!r} (config {config!r}) ({type(e).__name__}: {e}); "
+            + ("no local path of that name exists either; " if hub_id != HUB_ID else "")
+            + "give --data-path a local folder holding utterances.jsonl and survey.jsonl",
             file=hub_id,
         ) from None
     return list(ds.column_names), ((i + 1, rec) for i, rec in enumerate(ds))
