@@ -61,21 +61,12 @@ class Experiment:
         return torch.from_numpy(self.features[self.chosen_row] - self.features[self.rejected_row])
 
 
-def _resolve_groups(cfg: RunConfig, data: PreferenceData) -> list[str]:
-    present = sorted(set(data.pairs["group"]))
-    groups = list(cfg.data.groups) if cfg.data.groups else list(data.default_groups)
-    unknown = [g for g in groups if g not in present]
-    if unknown:
-        import difflib
-
-        hints = {g: difflib.get_close_matches(g, present, n=3, cutoff=0.3) for g in unknown}
-        raise InputError(
-            f"unknown group(s) {unknown} in data set {data.name!r}; closest: {hints}; present: {present[:20]}"
-            + (" ..." if len(present) > 20 else ""),
-            field="groups",
-        )
+def _resolve_groups(data: PreferenceData) -> list[str]:
+    """The groups to train: those the loader resolved from ``--groups``, else its defaults."""
+    present = set(data.pairs["group"])
+    groups = [g for g in (list(data.group_matches) or list(data.default_groups)) if g in present]
     if not groups:
-        raise InputError(f"data set {data.name!r} has no pairs", field="groups")
+        raise InputError(f"data set {data.name!r}: none of the requested groups has pairs", field="groups")
     return groups
 
 
@@ -86,7 +77,7 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     if len(data.pairs) == 0:
         raise InputError(f"data set {data.name!r} has no pairs")
     check_pairs(data.pairs, data.name)
-    groups = _resolve_groups(cfg, data)
+    groups = _resolve_groups(data)
     pairs = data.pairs
     # one partition of split keys, shared by every group and by the global model
     global_source = cfg.data.global_source

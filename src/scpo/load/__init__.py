@@ -36,9 +36,13 @@ __all__ = [
 def load_data(cfg: DataConfig) -> PreferenceData:
     """Load the data set ``cfg`` names, in canonical form (not yet split)."""
     if cfg.dataset == "synthetic":
+        from .countries import resolve_groups
         from .synthetic import generate
 
-        return generate(cfg.synthetic_preset, seed=cfg.synthetic_seed)
+        data = generate(cfg.synthetic_preset, seed=cfg.synthetic_seed)
+        if cfg.groups:  # every group stays in the population; only the requested ones are trained
+            data.group_matches = resolve_groups(cfg.groups, data.default_groups, file="synthetic")
+        return data
     if cfg.dataset == "goqa":
         from .goqa import load_goqa
 
