@@ -116,7 +116,6 @@ def training_arguments(output_dir: str, train_cfg: Any, *, learning_rate: float,
         weight_decay=train_cfg.weight_decay,
         warmup_ratio=train_cfg.warmup_ratio,
         gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
-        gradient_checkpointing=train_cfg.gradient_checkpointing,
         bf16=train_cfg.bf16,
         deepspeed=train_cfg.deepspeed,
         report_to=train_cfg.report_to,
@@ -128,7 +127,10 @@ def training_arguments(output_dir: str, train_cfg: Any, *, learning_rate: float,
         save_total_limit=1,
         disable_tqdm=True,
         length_column_name="length",
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if train_cfg.gradient_checkpointing:
+        kw["gradient_checkpointing"] = True
     if train_cfg.group_by_length:
         if "train_sampling_strategy" in fields:
             kw["train_sampling_strategy"] = "group_by_length"

@@ -1,0 +1,63 @@
+"""Scoring: batched equals one by one, the cache answers a second run, truncation keeps the response."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scpo import score as score_mod
+from scpo.score import FeatureCache, encode_features, rewards_from_features
+
+PROMPTS = ["How do I ask for a raise?", "Plan a family dinner.", "Tips for sleep?", "How do I ask for a raise?"]
+RESPONSES = [
+    "Be clear and list your results from this year.",
+    "Cook something simple and ask everyone to bring a dish; start early so nobody waits too long.",
+    "Go to bed at the same time.",
+    "Be clear and list your results from this year.",  # duplicate input: scored once
+]
+
+
+def test_batched_equals_one_by_one(packaged_rm):
+    torch.manual_seed(0)
+    packaged_rm.set_head(torch.randn(packaged_rm.feature_dim) * 0.1, 0.3)
+    w, b = packaged_rm.head_params()
+    batched, stats = encode_features(packaged_rm, PROMPTS, RESPONSES, batch_size=8, progress=False)
+    single = np.concatenate(
+        [encode_features(packaged_rm, [p], [r], batch_size=1, progress=False)[0] for p, r in zip(PROMPTS, RESPONSES)]
+    )
+    assert stats["distinct"] == 3 and stats["computed"] == 3
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    # rewards from cached features equal the model's own forward pass
+    enc = packaged_rm.tokenizer(PROMPTS[:1], RESPONSES[:1], return_tensors="pt")
+    with torch.inference_mode():
+        direct = packaged_rm.model(**enc).logits[0, 0].item()
+    assert rewards_from_features(batched[:1], w.numpy(), float(b))[0] == np.float64(direct) or abs(
+        rewards_from_features(batched[:1], w.numpy(), float(b))[0] - direct
+    ) < 1e-5
+
+
+def test_cache_second_run_scores_nothing(packaged_rm, tmp_path):
+    cache = FeatureCache(tmp_path, packaged_rm.feature_key())
+    before = score_mod.FORWARD_PASSES["count"]
+    f1, s1 = encode_features(packaged_rm, PROMPTS, RESPONSES, cache=cache, progress=False)
+    assert score_mod.FORWARD_PASSES["count"] > before and s1["computed"] == 3
+    # a fresh cache object (a new process) reads the shards from disk
+    cache2 = FeatureCache(tmp_path, packaged_rm.feature_key())
+    mid = score_mod.FORWARD_PASSES["count"]
+    f2, s2 = encode_features(packaged_rm, PROMPTS, RESPONSES, cache=cache2, progress=False)
+    assert score_mod.FORWARD_PASSES["count"] == mid
+    assert s2["computed"] == 0 and s2["cached"] == 3
+    np.testing.assert_array_equal(f1, f2)
+
+
+def test_truncation_keeps_response_and_counts(packaged_rm):
+    fmt = packaged_rm.formatter
+    long_prompt = "word " * 200
+    ids, tt, n = fmt.encode(packaged_rm.tokenizer, [long_prompt, "short"], ["the response stays", "ok"])
+    assert n == 1
+    assert len(ids[0]) == fmt.max_length
+    text = packaged_rm.tokenizer.decode(ids[0])
+    assert text.rstrip().endswith("the response stays [SEP]")
+    # a response longer than the budget alone is cut too, and still counted
+    ids, _, n = fmt.encode(packaged_rm.tokenizer, ["q"], ["long " * 300])
+    assert n == 1 and len(ids[0]) == fmt.max_length
