@@ -70,16 +70,11 @@ def _resolve_groups(data: PreferenceData) -> list[str]:
     return groups
 
 
-def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None) -> Experiment:
-    """Steps 1-4: load and split the data, get the global model, score every text, compute margins."""
-    # 1. load
-    data = load_data(cfg.data)
-    if len(data.pairs) == 0:
-        raise InputError(f"data set {data.name!r} has no pairs")
-    check_pairs(data.pairs, data.name)
-    groups = _resolve_groups(data)
-    pairs = data.pairs
-    # one partition of split keys, shared by every group and by the global model
+def split_data(cfg: RunConfig, data: PreferenceData):
+    """One partition of split keys, shared by every group and by the offline global model.
+
+    Returns ``(pairs with a split column, the global model's training pairs or None, global_source)``.
+    """
     global_source = cfg.data.global_source
     if global_source == "auto":
         if cfg.model.global_model != PACKAGED_MODEL:
@@ -91,7 +86,7 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     if cfg.model.global_model == PACKAGED_MODEL and global_source == "none":
         raise InputError("the packaged global model needs training data: --global-source holdout or pooled", field="global_source")
     test_fraction = cfg.data.test_fraction if cfg.data.test_fraction is not None else data.default_test_fraction
-    keys = set(pairs["split_key"])
+    keys = set(data.pairs["split_key"])
     if global_source == "pooled":
         keys |= set(data.global_pairs["split_key"])
     assignment = assign_splits(
@@ -100,16 +95,28 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
         test_fraction=test_fraction,
         global_fraction=cfg.data.global_fraction if global_source == "holdout" else 0.0,
     )
-    pairs = add_split_column(pairs, assignment)
-    in_groups = np.isin(np.asarray(pairs["group"]), groups)
-    split = np.asarray(pairs["split"])
-    # the global model's own training pairs
+    pairs = add_split_column(data.pairs, assignment)
     glob_pairs = None
     if global_source == "holdout":
+        split = np.asarray(pairs["split"])
         glob_pairs = pairs.select(np.flatnonzero(split == "global"))  # every group, population mix
     elif global_source == "pooled":
         gp = add_split_column(data.global_pairs, assignment)
         glob_pairs = gp.select(np.flatnonzero(np.asarray(gp["split"]) == "train"))
+    return pairs, glob_pairs, global_source
+
+
+def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None) -> Experiment:
+    """Steps 1-4: load and split the data, get the global model, score every text, compute margins."""
+    # 1. load
+    data = load_data(cfg.data)
+    if len(data.pairs) == 0:
+        raise InputError(f"data set {data.name!r} has no pairs")
+    check_pairs(data.pairs, data.name)
+    groups = _resolve_groups(data)
+    pairs, glob_pairs, global_source = split_data(cfg, data)
+    in_groups = np.isin(np.asarray(pairs["group"]), groups)
+    split = np.asarray(pairs["split"])
     keep_rows = np.flatnonzero(in_groups & (split != "global"))
     pairs = pairs.select(keep_rows)
 
