@@ -61,3 +61,18 @@ def test_truncation_keeps_response_and_counts(packaged_rm):
     # a response longer than the budget alone is cut too, and still counted
     ids, _, n = fmt.encode(packaged_rm.tokenizer, ["q"], ["long " * 300])
     assert n == 1 and len(ids[0]) == fmt.max_length
+
+
+def test_chat_formatter_keeps_response(packaged_rm):
+    import copy
+
+    from scpo.model import InputFormatter
+
+    tok = copy.deepcopy(packaged_rm.tokenizer)
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+    fmt = InputFormatter.for_tokenizer(tok, "auto", 24)
+    assert fmt.kind == "chat"
+    ids, tt, n = fmt.encode(tok, ["word " * 50, "hi"], ["keep this answer", "ok"])
+    assert tt is None and n == 1 and len(ids[0]) == 24
+    assert tok.decode(ids[0]).rstrip().endswith("keep this answer")
+    assert tok.decode(ids[1]).startswith("< user > hi")
