@@ -15,6 +15,7 @@ from .errors import ConfigError, InputError, ScpoError
 from .load import PreferenceData, load_data
 from .pipeline import Experiment, prepare, run
 from .select import keep_mask, scpo_weights, select_pairs, weighted_bt_loss
+from .steer import SteerableRewardModel
 
 __all__ = [
     "ConfigError",
@@ -27,6 +28,7 @@ __all__ = [
     "RunConfig",
     "ScpoError",
     "SelectConfig",
+    "SteerableRewardModel",
     "TrainConfig",
     "__version__",
     "keep_mask",
