@@ -76,3 +76,14 @@ def test_chat_formatter_keeps_response(packaged_rm):
     assert tt is None and n == 1 and len(ids[0]) == 24
     assert tok.decode(ids[0]).rstrip().endswith("keep this answer")
     assert tok.decode(ids[1]).startswith("< user > hi")
+
+
+def test_formatter_capped_by_model_context(packaged_rm):
+    from types import SimpleNamespace
+
+    from scpo.model import InputFormatter
+
+    cfg = SimpleNamespace(max_position_embeddings=128, model_type="bert", pad_token_id=0)
+    assert InputFormatter.for_tokenizer(packaged_rm.tokenizer, "auto", 4096, cfg).max_length == 128
+    rob = SimpleNamespace(max_position_embeddings=514, model_type="roberta", pad_token_id=1)
+    assert InputFormatter.for_tokenizer(packaged_rm.tokenizer, "auto", 4096, rob).max_length == 512

@@ -1,4 +1,9 @@
-"""Errors scpo raises for bad input. The CLI turns each into a one-line message and exit 2."""
+"""Errors and warnings scpo raises for bad input. The CLI turns each error into a one-line message and exit 2.
+
+Warnings are for input scpo can use after a repair it reports: a text truncated to the model's
+context (:class:`TruncationWarning`), a corrupt cache shard deleted and recomputed
+(:class:`CacheCorruptWarning`), a group left without pairs (:class:`DataWarning`).
+"""
 
 from __future__ import annotations
 
@@ -35,3 +40,19 @@ class ConfigError(ScpoError, ValueError):
 
 class RunLockedError(ScpoError):
     """Another scpo process holds the run directory's lock."""
+
+
+class ScpoWarning(UserWarning):
+    """Base class of the warnings scpo gives about its input."""
+
+
+class TruncationWarning(ScpoWarning):
+    """Inputs longer than the model's context were truncated (counted in results.json ``scoring``)."""
+
+
+class CacheCorruptWarning(ScpoWarning):
+    """A feature-cache shard failed its checks: it was deleted and its texts recomputed."""
+
+
+class DataWarning(ScpoWarning):
+    """Usable data with a gap the run works around: a requested group without pairs, say."""

@@ -66,10 +66,18 @@ class InputFormatter:
         return asdict(self)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, requested: str, max_length: int) -> InputFormatter:
+    def for_tokenizer(cls, tokenizer: Any, requested: str, max_length: int, model_config: Any = None) -> InputFormatter:
+        """The formatter for a tokenizer: ``max_length`` capped by the tokenizer's and the model's context."""
         if requested == "auto":
             requested = "chat" if getattr(tokenizer, "chat_template", None) else "text-pair"
-        max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
+        tok_max = getattr(tokenizer, "model_max_length", None)
+        if tok_max and tok_max < 10**6:  # tokenizers without a limit report a huge sentinel
+            max_length = min(max_length, int(tok_max))
+        positions = getattr(model_config, "max_position_embeddings", None)
+        if positions:
+            # RoBERTa-style models offset positions by the padding index (+1)
+            offset = (getattr(model_config, "pad_token_id", 0) or 0) + 1 if model_config.model_type in ("roberta", "xlm-roberta", "camembert") else 0
+            max_length = min(max_length, int(positions) - offset)
         return cls(kind=requested, max_length=int(max_length))
 
     def texts(self, tokenizer: Any, prompts: list[str], responses: list[str]) -> list[str]:
@@ -239,7 +247,7 @@ def load_reward_model(cfg: ModelConfig, path: str | None = None) -> RewardModel:
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
-    formatter = InputFormatter.for_tokenizer(tokenizer, cfg.input_format, cfg.max_length)
+    formatter = InputFormatter.for_tokenizer(tokenizer, cfg.input_format, cfg.max_length, model.config)
     rm = RewardModel(model, tokenizer, formatter, name, body_fp)
     if name == PACKAGED_MODEL:
         rm.set_head(torch.zeros(rm.feature_dim), 0.0)

@@ -6,6 +6,15 @@ forward pass) and the collator (:class:`PairCollator`: dynamic padding of tokeni
 padding to a fixed length). Batches are grouped by length. Because it is a ``Trainer``,
 ``accelerate launch`` (DDP, DeepSpeed, FSDP), bf16, gradient accumulation and checkpointing work
 as usual. ``lora`` wraps the model with PEFT (the score layer is trained and saved too).
+
+Interruptions (see ``docs/reliability.md``): every finished (group, method, seed) job leaves a
+record ``RUN_DIR/jobs/<job>.json`` (test margins, pairs, choice, steps) and is skipped by a re-run;
+an unfinished job checkpoints every ``save_steps`` under ``RUN_DIR/checkpoints/<job>/`` and a
+re-run resumes it from its last *complete* checkpoint (a checkpoint counts once scpo's marker file
+is written after the Trainer's save). Records and checkpoints carry a fingerprint of everything
+that determines the job (data, global model, select and train settings): one made under another
+config is never reused. Each training step, evaluation forward pass and skipped or resumed job is
+counted in the run's work log (:func:`scpo.reliability.log_work`).
 """
 
 from __future__ import annotations
@@ -24,7 +33,11 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .model import InputFormatter, RewardModel, find_score_layer
-from .reliability import maybe_kill
+from .reliability import atomic_write_json, log_work, maybe_kill
+
+COMPLETE_MARKER = "scpo_checkpoint_complete"
+"""File scpo writes into a Trainer checkpoint folder once the Trainer has finished saving it."""
+JOB_FINGERPRINT_FILE = "scpo_job.json"
 
 __all__ = ["PairCollator", "SCPOTrainer", "build_pair_dataset", "fit_trainer_models", "forward_rewards", "training_arguments"]
 
@@ -160,6 +173,7 @@ def forward_rewards(model: torch.nn.Module, tokenizer: Any, formatter: InputForm
         n = len(b)
         inputs = {k: v[:n].to(device) for k, v in batch.items() if k != "weight"}
         out[b] = model(**inputs).logits[:, 0].float().cpu().numpy()
+        log_work("eval_forward_passes", texts=n)
     model.train(was_training)
     return out
 
@@ -173,6 +187,97 @@ class _ValCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step in self.steps:
             self.acc[state.global_step] = self.fn(model)
+
+
+class _ResumeCallback(TrainerCallback):
+    """Counts training steps in the work log; marks each checkpoint complete once the Trainer saved it."""
+
+    def __init__(self, job: str):
+        self.job = job
+        self.steps_run = 0
+
+    def on_step_end(self, args, state, control, **kw):
+        self.steps_run += 1
+        log_work("training_steps", job=self.job)
+
+    def on_save(self, args, state, control, **kw):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and ckpt.is_dir():
+            atomic_write_json(ckpt / COMPLETE_MARKER, {"step": state.global_step})
+        maybe_kill("training")
+
+
+def _is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that deletes or rewrites shared resume files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def last_complete_checkpoint(out_dir: Path) -> tuple[Path | None, int]:
+    """The newest checkpoint under ``out_dir`` that scpo marked complete, and its step (0: none).
+
+    Checkpoints without the marker (a save cut short by a kill) are ignored, and deleted by the
+    main process.
+    """
+    best: tuple[Path | None, int] = (None, 0)
+    if not out_dir.is_dir():
+        return best
+    for ckpt in out_dir.glob("checkpoint-*"):
+        try:
+            step = int(ckpt.name.rsplit("-", 1)[-1])
+        except ValueError:
+            continue
+        if not (ckpt / COMPLETE_MARKER).exists():
+            if _is_main_process():
+                shutil.rmtree(ckpt, ignore_errors=True)
+            continue
+        if step > best[1]:
+            best = (ckpt, step)
+    return best
+
+
+def job_fingerprint(exp: Any, key: str) -> str:
+    """Hash of everything that determines one job's result: a record or checkpoint from another
+    config (or other data, another global model) never matches."""
+    import hashlib
+
+    cfg = exp.cfg
+    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("cache_dir", "score_batch_size")}
+    irrelevant = ("methods", "seeds", "save_steps", "report_to", "dataloader_num_workers", "split_seeds",
+                  "curve_fractions", "curve_methods", "sweep_taus", "sweep_betas")
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in irrelevant}
+    rows = hashlib.sha256()
+    for arr in (exp.split, exp.group, exp.split_key, exp.delta):  # which pairs train and test, and their margins
+        arr = np.asarray(arr)
+        rows.update(np.ascontiguousarray(arr.astype(str) if arr.dtype.kind == "O" else arr).tobytes())
+    blob = {
+        "job": key, "data": dataclasses.asdict(cfg.data), "model": model, "select": dataclasses.asdict(cfg.select),
+        "train": train, "global": exp.global_info.get("fingerprint"), "provenance": exp.data.provenance,
+        "rows": rows.hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _restore_saved_model(run_dir: Path, rec: dict[str, Any]) -> bool:
+    """Put a finished job's saved model back at ``rec["model_dir"]`` if writing the report moved it.
+
+    ``report.save_models`` moves ``RUN_DIR/.saved/<name>`` into ``RUN_DIR/models/<name>`` (via
+    ``RUN_DIR/.models.tmp``); a run killed after that and re-run finds it there. False when lost.
+    """
+    target = Path(rec["model_dir"])
+    if target.exists():
+        return True
+    for place in (run_dir / ".models.tmp" / rec["model_name"], run_dir / "models" / rec["model_name"]):
+        if place.is_dir():
+            if not _is_main_process():  # only rank 0 writes the report; the others only need the answer
+                return True
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:  # hard links: instant and no extra space; the report moves them again
+                shutil.copytree(place, target, copy_function=os.link)
+            except OSError:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(place, target)
+            return True
+    return False
 
 
 def _make_model(rm: RewardModel, mode: str, train_cfg: Any, scratch: bool):
@@ -194,6 +299,36 @@ def _make_model(rm: RewardModel, mode: str, train_cfg: Any, scratch: bool):
         model = get_peft_model(model, cfg)
     model.train()
     return model
+
+
+def _finished_job(done: Path, fp: str, run_dir: Path) -> dict[str, Any] | None:
+    """The record of a job finished by an earlier attempt of this run, or None (then it is trained).
+
+    A record from another config (fingerprint mismatch), an unreadable one, or one whose saved
+    model is lost, is discarded with a warning.
+    """
+    import warnings
+
+    if not done.exists():
+        return None
+    try:
+        rec = json.loads(done.read_text())
+        ok = isinstance(rec, dict) and all(k in rec for k in ("margins", "pairs", "weight_sum", "choice"))
+    except (OSError, ValueError):
+        ok = False
+    why = None
+    if not ok:
+        why = "unreadable"
+    elif rec.get("fingerprint") != fp:
+        why = "made under another config or other data"
+    elif rec.get("model_dir") and not _restore_saved_model(run_dir, rec):
+        why = "its saved model is missing"
+    if why is not None:
+        if _is_main_process():
+            warnings.warn(f"{done}: finished-job record {why}: the job is trained again", stacklevel=3)
+            done.unlink(missing_ok=True)
+        return None
+    return rec
 
 
 def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress: bool = True):
@@ -237,28 +372,51 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
         return build_pair_dataset(rm.tokenizer, rm.formatter, [exp.prompts[i] for i in exp.chosen_row[sel]],
                                   [exp.responses[i] for i in exp.chosen_row[sel]], [exp.responses[i] for i in exp.rejected_row[sel]], wts)
 
-    def train_one(rows, m, g, seed, lr, pull, max_steps, out_dir, val_rows=None, val_steps=()):
+    def train_one(rows, m, g, seed, lr, pull, max_steps, out_dir, val_rows=None, val_steps=(), job=None, fp=None):
+        """Train one model; ``job``/``fp`` (final fits only): checkpoint under ``out_dir`` and resume."""
         rng = np.random.default_rng(_stream("subset", g, seed, "final" if val_rows is None else 0))
         idx, wts = method_pairs(m, exp.delta[rows], cfg.select.tau, cfg.select.beta, rng)
         model = _make_model(rm, tc.mode, tc, scratch=(m == "scratch"))
+        info = {"steps": max_steps, "steps_run": 0, "resumed_from_step": 0}
         if len(idx) == 0:
-            return model, 0, 0.0, {}
+            return model, 0, 0.0, {}, info
         ds = dataset_for(rows, idx, wts)
+        resumable = val_rows is None and job is not None
         args = training_arguments(str(out_dir), tc, learning_rate=lr, max_steps=max_steps, seed=seed,
-                                  save_steps=tc.save_steps if val_rows is None else 0)
-        callbacks = []
+                                  save_steps=tc.save_steps if resumable else 0)
+        progress_cb = _ResumeCallback(job or "search")
+        callbacks = [progress_cb]
         cb = None
         if val_rows is not None and len(val_rows):
             cb = _ValCallback(list(val_steps), lambda mdl: float((margins_on(mdl, val_rows) > 0).mean()))
             callbacks.append(cb)
+        last, last_step = None, 0
+        if resumable:
+            stamp = out_dir / JOB_FINGERPRINT_FILE
+            try:
+                same = json.loads(stamp.read_text()).get("fingerprint") == fp
+            except (OSError, ValueError):
+                same = False
+            if same:
+                last, last_step = last_complete_checkpoint(out_dir)
+            elif _is_main_process():  # checkpoints of another config (or unreadable): never resumed
+                if out_dir.exists():  # renamed first: other ranks never see a half-deleted folder
+                    stale = out_dir.with_name(f".{out_dir.name}.stale{os.getpid()}")
+                    os.replace(out_dir, stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+                atomic_write_json(stamp, {"job": job, "fingerprint": fp})
         trainer = SCPOTrainer(model=model, args=args, train_dataset=ds, data_collator=PairCollator(rm.tokenizer.pad_token_id or 0),
                               pull=pull, callbacks=callbacks)
-        last = None
-        if val_rows is None and out_dir.exists():
-            ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            last = str(ckpts[-1]) if ckpts else None
-        trainer.train(resume_from_checkpoint=last)
-        return trainer.model, len(idx), float(np.sum(wts)), (cb.acc if cb else {})
+        if last is not None:
+            info["resumed_from_step"] = last_step
+            log_work("job_resumed", n=0, job=job, from_step=last_step, steps=max(1, max_steps))
+        if last is not None and last_step >= max(1, max_steps):
+            # the final step's checkpoint: load it, train nothing more
+            trainer._load_from_checkpoint(str(last))
+        else:
+            trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
+        info["steps_run"] = progress_cb.steps_run
+        return trainer.model, len(idx), float(np.sum(wts)), (cb.acc if cb else {}), info
 
     cells = grid_cells(tc.learning_rates, tc.pulls)
     steps = sorted(set(tc.steps))
@@ -279,14 +437,18 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
         for m in trained:
             for seed in seeds:
                 key = f"{g}__{m}__seed{seed}".replace("/", "_")
+                fp = job_fingerprint(exp, key)
                 done = jobs_dir / f"{key}.json"
-                if done.exists():
-                    rec = json.loads(done.read_text())
+                rec = _finished_job(done, fp, run_dir)
+                if rec is not None:
                     margins[(g, m, seed)] = np.asarray(rec["margins"])
                     used[(g, m, seed)] = (rec["pairs"], rec["weight_sum"])
                     grid["choices"].setdefault(g, {}).setdefault(m, {})[str(seed)] = rec["choice"]
                     if rec.get("model_dir"):
                         models[rec["model_name"]] = rec["model_dir"]
+                    log_work("job_skipped", n=0, job=key)
+                    if _is_main_process():  # a kill between the record and the clean-up leaves checkpoints
+                        shutil.rmtree(run_dir / "checkpoints" / key, ignore_errors=True)
                     continue
                 lr, pull, st = cells[0][0], cells[0][1], steps[-1]
                 choice: dict[str, Any] = {"learning_rate": lr, "pull": pull, "steps": st}
@@ -296,8 +458,8 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
                     best = (-1.0, 0, 0)
                     table = []
                     for ci, (clr, cpull) in enumerate(cells):
-                        _, _, _, acc = train_one(np.flatnonzero(train_m & ~val_m), m, g, seed, clr, cpull, steps[-1],
-                                                 run_dir / "checkpoints" / "search", np.flatnonzero(val_m), steps)
+                        acc = train_one(np.flatnonzero(train_m & ~val_m), m, g, seed, clr, cpull, steps[-1],
+                                        run_dir / "checkpoints" / "search", np.flatnonzero(val_m), steps)[3]
                         table.append([acc.get(s, float("nan")) for s in steps])
                         for si, s in enumerate(steps):
                             a = acc.get(s, -1.0)
@@ -308,11 +470,12 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
                     choice = {"learning_rate": lr, "pull": pull, "steps": st, "val_accuracy": best[0], "val_accuracy_grid": table}
                     shutil.rmtree(run_dir / "checkpoints" / "search", ignore_errors=True)
                 out_dir = run_dir / "checkpoints" / key
-                model, n_pairs, wsum = train_one(rows, m, g, seed, lr, pull, st, out_dir)[:3]
+                model, n_pairs, wsum, _, info = train_one(rows, m, g, seed, lr, pull, st, out_dir, job=key, fp=fp)
                 margins[(g, m, seed)] = test_margins(model)
                 used[(g, m, seed)] = (n_pairs, wsum)
                 grid["choices"].setdefault(g, {}).setdefault(m, {})[str(seed)] = choice
-                rec = {"margins": margins[(g, m, seed)].tolist(), "pairs": n_pairs, "weight_sum": wsum, "choice": choice}
+                rec = {"job": key, "fingerprint": fp, "margins": margins[(g, m, seed)].tolist(), "pairs": n_pairs,
+                       "weight_sum": wsum, "choice": choice, **info}
                 if m == "scpo" and seed == seeds[0] and cfg.output.save_models:
                     sub = "adapters" if tc.mode == "lora" else "groups"
                     mdir = run_dir / ".saved" / sub / g
@@ -322,9 +485,8 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
                         rm.tokenizer.save_pretrained(mdir)
                     rec["model_name"], rec["model_dir"] = f"{sub}/{g}", str(mdir)
                     models[rec["model_name"]] = str(mdir)
-                tmp = done.with_name(done.name + ".tmp")
-                tmp.write_text(json.dumps(rec))
-                os.replace(tmp, done)
+                atomic_write_json(done, rec)
+                log_work("job_trained", n=0, job=key, steps_run=info["steps_run"], resumed_from_step=info["resumed_from_step"])
                 shutil.rmtree(out_dir, ignore_errors=True)
-                maybe_kill("training")
+                maybe_kill("job")
     return margins, used, grid, models

@@ -16,14 +16,18 @@ names to yours (``{"prompt": "question", "group": "country"}``); extra columns a
 * optional ``split_key`` (default: the session).
 * Pairs are formed within one session, between responses to the same prompt and of the same
   group, exactly as for PRISM (:func:`pairs_from_scores`): every two responses with different
-  scores make a pair, the higher score chosen.
+  scores make a pair, the higher score chosen. A ``split_key`` must be the same on every row of a
+  (group, session, prompt): else a pair could cross the train/test split (an error).
 
 Rules for bad and unusable rows (both loaders):
 
 * errors (:class:`~scpo.errors.InputError` naming file, 1-based data row and field): a missing
   column (the message lists the columns present), an empty or whitespace-only text or group, a
-  non-text prompt/response, a non-numeric, NaN or infinite score, invalid UTF-8, a malformed
-  JSON line, a repeated ``pair_id``. JSONL rows are line numbers; CSV rows exclude the header.
+  non-text prompt/response, a non-numeric, NaN or infinite score, invalid UTF-8 (the row and field
+  holding the first invalid byte are named), a malformed JSON line, a repeated ``pair_id``, a
+  ``split_key`` that differs within a ratings session/prompt, a file without data rows, a file
+  (or the requested groups) yielding no usable pair (the message gives the counts dropped). JSONL
+  rows are line numbers; CSV rows exclude the header.
 * dropped and counted in ``stats`` (valid input that yields no training signal): a pair whose
   chosen and rejected texts are identical (``identical_pairs``), a pair repeated with the same
   group, prompt, chosen, rejected and split key (``duplicate_pairs``, the first is kept), tied
@@ -122,12 +126,42 @@ def parse_score(value: Any, *, file: str, row: int, field: str = "score") -> flo
 # reading
 
 
-def _decode(data: bytes, file: str) -> str:
+def _decode(data: bytes, file: str) -> tuple[str, UnicodeDecodeError | None]:
+    """The text of a UTF-8 file (BOM allowed). Invalid bytes are kept as lone surrogates and the
+    first decoding error is returned, so that the caller can name the row and field holding it."""
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), None
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InputError(f"not valid UTF-8 (byte {e.start}, line {line}); save the file as UTF-8", file=file) from None
+        return data.decode("utf-8-sig", errors="surrogateescape"), e
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _invalid_utf8(file: str, err: UnicodeDecodeError, data_line: int, row: int | None, field: str | None) -> InputError:
+    bad = err.object[err.start : err.start + 4]
+    return InputError(
+        f"not valid UTF-8 (bytes {bad!r} at byte {err.start}, line {data_line}); save the file as UTF-8",
+        file=file,
+        row=row,
+        field=field,
+    )
+
+
+def _check_utf8(file: str, err: UnicodeDecodeError | None, records: list[tuple[int, dict[str, Any]]],
+                columns: list[str]) -> None:
+    """Raise the error of the first invalid byte, naming the row and field that hold it."""
+    if err is None:
+        return
+    line = err.object[: err.start].count(b"\n") + 1
+    for c in columns:
+        if _SURROGATE.search(c):
+            raise _invalid_utf8(file, err, line, None, c.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    for row, rec in records:
+        for k, v in rec.items():
+            if isinstance(v, str) and _SURROGATE.search(v):
+                raise _invalid_utf8(file, err, line, row, str(k))
+    raise _invalid_utf8(file, err, line, None, None)
 
 
 def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
@@ -151,8 +185,10 @@ def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str,
         except Exception as e:  # pyarrow raises several types for unreadable files
             raise InputError(f"cannot read Parquet file: {e}", file=file) from None
         columns = list(table.column_names)
+        if table.num_rows == 0:
+            raise InputError("no data rows (the table is empty)", file=file)
         return columns, [(i + 1, rec) for i, rec in enumerate(table.to_pylist())]
-    text = _decode(path.read_bytes(), file)
+    text, bad_utf8 = _decode(path.read_bytes(), file)
     if fmt == "csv":
         csv.field_size_limit(1 << 30)
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -169,6 +205,9 @@ def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str,
                 records.append((i + 1, rec))
         except csv.Error as e:
             raise InputError(f"malformed CSV: {e}", file=file, row=reader.line_num) from None
+        _check_utf8(file, bad_utf8, records, columns)
+        if not records:
+            raise InputError("no data rows (the file holds a header only, or nothing)", file=file)
         return columns, records
     columns_seen: dict[str, None] = {}
     records = []
@@ -178,12 +217,19 @@ def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str,
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
+            if bad_utf8 is not None and _SURROGATE.search(line):
+                raise _invalid_utf8(file, bad_utf8, i + 1, i + 1, None) from None
             raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, row=i + 1) from None
         if not isinstance(rec, dict):
             raise InputError(f"expected a JSON object, got {type(rec).__name__}", file=file, row=i + 1)
+        if bad_utf8 is not None and _SURROGATE.search(line):
+            flat = {str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in rec.items()}
+            _check_utf8(file, bad_utf8, [(i + 1, flat)], [str(k) for k in rec])
         for k in rec:
             columns_seen.setdefault(k, None)
         records.append((i + 1, rec))
+    if not records:
+        raise InputError("no data rows (the file is empty)", file=file)
     return list(columns_seen), records
 
 
@@ -422,7 +468,13 @@ def load_pairs(cfg: DataConfig) -> PreferenceData:
             source_row=row,
         )
     if not len(table):
-        raise InputError("no usable pairs in the file (see identical/duplicate pairs)", file=file)
+        what = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in ("identical_pairs", "duplicate_pairs") if counts[k])
+        scope = f"the requested group(s) {list(matches)}" if cfg.groups else "the file"
+        raise InputError(
+            f"no usable pairs in {scope}" + (f" ({what} dropped)" if what else ""),
+            file=file,
+            field=cols["group"] if cfg.groups else None,
+        )
     stats = {
         "rows": len(records),
         "pairs": len(table),
@@ -469,6 +521,15 @@ def load_ratings(cfg: DataConfig) -> PreferenceData:
                 rec.get(cols["split_key"]), file=file, row=row, field=cols["split_key"], allow_numbers=True
             )
         key = (group.strip(), session, prompt)
+        if key in unit_split and unit_split[key] != split_key:
+            first_row = units[key][0].row
+            raise InputError(
+                f"split key {split_key!r} differs from {unit_split[key]!r} of row {first_row} (same group, session "
+                "and prompt): its pairs would cross the train/test split",
+                file=file,
+                row=row,
+                field=cols["split_key"],
+            )
         units.setdefault(key, []).append(Scored(prompt, response, score, row))
         unit_split.setdefault(key, split_key)
 
@@ -510,7 +571,18 @@ def load_ratings(cfg: DataConfig) -> PreferenceData:
         if raw_group in keep_raw:
             sessions[gmap[raw_group]].add(session)
     if not len(table):
-        raise InputError("no usable pairs: every session/prompt has a single response or tied scores", file=file)
+        detail = "; ".join(
+            f"{g!r}: " + (", ".join(f"{per_group[g][k]} {k.replace('_', ' ')}"
+                                    for k in ("ties", "identical_texts", "single_response_units") if per_group[g][k])
+                          or "no rows")
+            for g in matches
+        )
+        scope = "requested group(s)" if cfg.groups else "group(s)"
+        raise InputError(
+            f"no usable pairs: every session/prompt of the {scope} has a single response or tied scores ({detail})",
+            file=file,
+            field=cols["group"] if cfg.groups else None,
+        )
     keys = ("pairs", "ties", "identical_texts", "single_response_units")
     stats = {
         "rows": len(records),

@@ -18,7 +18,8 @@ data set ``HannahRoseKirk/prism-alignment`` (configs ``utterances`` and ``survey
 * ``split_key`` is the user: the pipeline holds out 15% of users by default.
 
 Bad input (:class:`~scpo.errors.InputError` with file, row and field): a missing required column,
-a missing ``user_id``, a non-numeric, NaN or infinite score, malformed JSON, invalid UTF-8.
+a missing ``user_id``, a non-numeric, NaN or infinite score, a missing ``turn`` (when interactions
+are identified by ``conversation_id`` + ``turn``), malformed JSON, invalid UTF-8.
 Valid but unusable rows are dropped and counted: utterances of users absent from the survey,
 users without a country, empty prompt or response texts (``empty_texts``).
 """
@@ -157,7 +158,10 @@ def load_prism(cfg: DataConfig) -> PreferenceData:
             conv = require_text(
                 rec.get("conversation_id"), file=utt_file, row=row, field="conversation_id", allow_numbers=True
             )
-            inter = f"{conv}/turn-{rec.get('turn')}"
+            turn = rec.get("turn")
+            if turn is None or isinstance(turn, bool) or (isinstance(turn, str) and not turn.strip()):
+                raise InputError(f"missing or invalid turn {turn!r}", file=utt_file, row=row, field="turn")
+            inter = f"{conv}/turn-{turn}"
         else:
             inter = require_text(
                 rec.get("interaction_id"), file=utt_file, row=row, field="interaction_id", allow_numbers=True
