@@ -197,6 +197,19 @@ class TrainConfig:
     lora_target_modules: list[str] | None = _help(
         "LoRA target modules (default: PEFT's choice for the architecture)", default=None
     )
+    # evaluation (scpo.pipeline.run, scpo.curves, scpo.sweep)
+    split_seeds: list[int] = _help(
+        "re-split and re-train with each of these split seeds, so CIs cover split variance "
+        "(empty: the single split --split-seed)",
+        default_factory=list,
+    )
+    curve_fractions: list[float] = _help(
+        "learning curves: fractions of each group's training pairs, e.g. 0.1,0.25,0.5,0.75,1 (empty: no curves)",
+        default_factory=list,
+    )
+    curve_methods: list[str] = _help("methods trained for the learning curves", default_factory=lambda: ["full", "scpo"])
+    sweep_taus: list[float] = _help("tau values of a tau x beta sweep of SCPO (empty: no sweep)", default_factory=list)
+    sweep_betas: list[float] = _help("beta values of a tau x beta sweep of SCPO (empty: no sweep)", default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in ("head", "full", "lora"):
@@ -219,6 +232,16 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.val_folds < 1:
             raise ConfigError(f"--val-folds must be >= 1, got {self.val_folds}")
+        if any(not 0.0 < f <= 1.0 for f in self.curve_fractions):
+            raise ConfigError(f"--curve-fractions must be in (0, 1], got {self.curve_fractions}")
+        bad = [m for m in self.curve_methods if m not in METHODS or m == "global"]
+        if bad:
+            raise ConfigError(f"--curve-methods: not trainable method(s) {bad}")
+        try:
+            self.sweep_taus = [validate_tau(t) for t in self.sweep_taus]
+            self.sweep_betas = [validate_beta(b) for b in self.sweep_betas]
+        except ValueError as e:
+            raise ConfigError(f"--sweep-{str(e)}") from None
 
 
 @dataclass
@@ -228,6 +251,11 @@ class OutputConfig:
     output_dir: str = _help("run directory (results, report, models)", default="runs/default")
     save_models: bool = _help("save each group's trained model in the run directory", default=True)
     plots: bool = _help("write PNG plots next to the report", default=True)
+    n_boot: int = _help("bootstrap replicates of every confidence interval and paired test", default=2000)
+
+    def __post_init__(self) -> None:
+        if self.n_boot < 10:
+            raise ConfigError(f"--n-boot must be >= 10, got {self.n_boot}")
 
 
 @dataclass

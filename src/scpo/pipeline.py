@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 import warnings
@@ -19,8 +18,8 @@ import numpy as np
 import torch
 
 from .config import PACKAGED_MODEL, RunConfig
-from .errors import InputError
-from .evaluate import SUBSETS, accuracy, cluster_bootstrap_ci, mean_std, subset_masks
+from .errors import DataWarning, InputError
+from .evaluate import accuracy
 from .load import PreferenceData, add_split_column, assign_splits, check_pairs, kfold_keys, load_data
 from .model import RewardModel, load_reward_model
 from .score import FeatureCache, encode_features
@@ -106,6 +105,80 @@ def split_data(cfg: RunConfig, data: PreferenceData):
     return pairs, glob_pairs, global_source
 
 
+# --- reliability: helpers of prepare()'s input validation (owned by the reliability work) -------
+_DROP_COUNTS = ("identical_pairs", "duplicate_pairs", "ties", "identical_texts", "single_response_units",
+                "single_response_interactions", "empty_texts", "empty_distributions", "unusable_rows",
+                "dropped_small_gap")
+
+
+def _data_file(data: PreferenceData) -> str:
+    prov = data.provenance or {}
+    if "file" in prov:
+        return str(prov["file"])
+    files = prov.get("files")
+    if isinstance(files, dict) and files:
+        return str(list(files)[-1])  # prism: the utterances file holds the texts
+    return str(prov.get("hub_id", data.name))
+
+
+def _warn_groups_without_pairs(data: PreferenceData) -> None:
+    """A requested group whose rows all became unusable (ties, identical texts...): warn, or fail if all did."""
+    present = set(data.pairs["group"])
+    requested = list(data.group_matches)
+    per_group = data.stats.get("per_group", {}) if isinstance(data.stats, dict) else {}
+
+    def why(g: str) -> str:
+        st = per_group.get(g, {})
+        parts = [f"{st[k]} {k.replace('_', ' ')}" for k in _DROP_COUNTS if isinstance(st.get(k), int) and st[k]]
+        return f" ({', '.join(parts)})" if parts else ""
+
+    empty = [g for g in requested if g not in present]
+    if requested and len(empty) == len(requested):
+        raise InputError(f"no requested group has a usable pair: {'; '.join(g + why(g) for g in empty)}",
+                         file=_data_file(data), field="group")
+    for g in empty:
+        warnings.warn(f"{_data_file(data)}: group {g!r} has no usable pair{why(g)}: it is left out of the run",
+                      DataWarning, stacklevel=3)
+    dropped = {k: data.stats[k] for k in _DROP_COUNTS if isinstance(data.stats.get(k), int) and data.stats[k]}
+    if dropped:
+        log.info("data %s: dropped and counted (results.json data.stats): %s", data.name,
+                 ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items()))
+
+
+def _warn_groups_after_split(groups: list[str], group: np.ndarray, split: np.ndarray) -> None:
+    for g in groups:
+        m = group == g
+        for part in ("train", "test"):
+            if not (m & (split == part)).any():
+                what = ("its models are the global model (0 pairs)" if part == "train"
+                        else "its accuracy cannot be measured (NaN)")
+                warnings.warn(f"group {g!r} has no {part} pair after the split by split key: {what}",
+                              DataWarning, stacklevel=3)
+
+
+def _text_describer(data, pairs, glob_pairs, chosen_row, rejected_row, g_chosen, g_rejected):
+    """``describe(text_row)`` -> "file, row N, field 'F'" of the first pair holding that text."""
+    file = _data_file(data)
+    cols = dict(getattr(data, "provenance", {}).get("columns") or {})
+    response_field = {"ratings": cols.get("response", "response"), "prism": "model_response", "goqa": "options"}
+
+    def describe(j: int) -> str:
+        for ds, crow, rrow in ((pairs, chosen_row, rejected_row), (glob_pairs, g_chosen, g_rejected)):
+            if ds is None or crow is None:
+                continue
+            for name, arr in (("chosen", crow), ("rejected", rrow)):
+                hit = np.flatnonzero(arr == j)
+                if len(hit):
+                    i = int(hit[0])
+                    row = int(ds[i]["source_row"]) if "source_row" in ds.column_names else i + 1
+                    fld = response_field.get(data.name, cols.get(name, name))
+                    return f"{file}, row {row}, field {fld!r} (pair {ds[i]['pair_id']})"
+        return f"{file}, text {j + 1}"
+
+    return describe
+# --- end reliability helpers -------------------------------------------------------------------
+
+
 def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None) -> Experiment:
     """Steps 1-4: load and split the data, get the global model, score every text, compute margins."""
     # 1. load
@@ -113,12 +186,18 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     if len(data.pairs) == 0:
         raise InputError(f"data set {data.name!r} has no pairs")
     check_pairs(data.pairs, data.name)
+    # --- reliability (input validation): requested groups the data left without a pair ---------
+    _warn_groups_without_pairs(data)
+    # --- end reliability -------------------------------------------------------------------------
     groups = _resolve_groups(data)
     pairs, glob_pairs, global_source = split_data(cfg, data)
     in_groups = np.isin(np.asarray(pairs["group"]), groups)
     split = np.asarray(pairs["split"])
     keep_rows = np.flatnonzero(in_groups & (split != "global"))
     pairs = pairs.select(keep_rows)
+    # --- reliability (input validation): a group with no training or no test pair after the split --
+    _warn_groups_after_split(groups, np.asarray(pairs["group"]), np.asarray(pairs["split"]))
+    # --- end reliability -------------------------------------------------------------------------
 
     # texts: every distinct (prompt, response) of the group pairs and the global pairs
     index: dict[tuple[str, str], int] = {}
@@ -147,7 +226,11 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
         rm = load_reward_model(cfg.model)
     # 3. score (features, cached)
     cache = FeatureCache(cfg.model.cache_dir, rm.feature_key())
-    feats, stats = encode_features(rm, prompts, responses, batch_size=cfg.model.score_batch_size, cache=cache, progress=progress)
+    # --- reliability: truncation warnings name the file, row and field of the first truncated text --
+    describe = _text_describer(data, pairs, glob_pairs, chosen_row, rejected_row, g_chosen, g_rejected)
+    feats, stats = encode_features(rm, prompts, responses, batch_size=cfg.model.score_batch_size, cache=cache,
+                                   progress=progress, describe=describe)
+    # --- end reliability -------------------------------------------------------------------------
     stats = dict(stats)
     stats["corrupt_cache_shards"] = list(cache.corrupt_shards)
     global_info: dict[str, Any] = {"model": rm.name, "source": global_source, "formatter": rm.formatter.to_dict()}
@@ -311,77 +394,85 @@ def fit_heads(exp: Experiment, methods: list[str], seeds: list[int], progress: b
     return thetas, grid
 
 
-def evaluate_margins(exp: Experiment, margins: dict[tuple, np.ndarray], pairs_used: dict[tuple, tuple[int, float]], seeds: list[int]) -> dict[str, Any]:
-    """Accuracy tables from test margins of every (group, method, seed) over the pooled test pairs."""
-    test = exp.split == "test"
-    tg = exp.group[test]
-    gm = exp.delta[test]
-    contested = exp.contested[test] if exp.contested is not None else None
-    clusters = exp.split_key[test]
-    methods = sorted({k[1] for k in margins}, key=lambda m: list(margins).index(next(k for k in margins if k[1] == m)))
-    metrics: dict[str, Any] = {}
-    cross: dict[str, Any] = {}
-    for g in exp.groups:
-        masks = subset_masks(tg == g, gm, contested)
-        metrics[g] = {"test_pairs": {s: int(masks[s].sum()) for s in masks}}
-        for m in methods:
-            per_seed = {s: [] for s in masks}
-            correct_all = []
-            for seed in seeds:
-                mg = margins[(g, m, seed)]
-                for s, mask in masks.items():
-                    per_seed[s].append(accuracy(mg[mask]))
-                correct_all.append((mg[masks["all"]] > 0).astype(float))
-            entry = {s: {**mean_std(v), "per_seed": v} for s, v in per_seed.items()}
-            lo, hi = cluster_bootstrap_ci(np.stack(correct_all), clusters[masks["all"]], seed=0)
-            entry["all"]["ci95"] = [lo, hi]
-            used = [pairs_used[(g, m, seed)] for seed in seeds]
-            entry["pairs_used"] = float(np.mean([u[0] for u in used]))
-            entry["weight_sum"] = float(np.mean([u[1] for u in used]))
-            metrics[g][m] = entry
-            cross.setdefault(m, {})[g] = {
-                h: float(np.mean([accuracy(margins[(g, m, seed)][tg == h]) for seed in seeds])) for h in exp.groups
-            } | {"pooled": float(np.mean([accuracy(margins[(g, m, seed)]) for seed in seeds]))}
-    if exp.oracle_margin is not None:
-        om = exp.oracle_margin[test]
-        for g in exp.groups:
-            masks = subset_masks(tg == g, gm, contested)
-            metrics[g]["oracle"] = {s: {"mean": accuracy(om[mask]), "std": 0.0} for s, mask in masks.items() if s != "pooled"}
-    return {"metrics": metrics, "cross_group": cross, "split_unit_ci": "clustered bootstrap over test "
-            f"{exp.data.split_unit}s, averaged over training seeds (covers split-unit sampling and seed variance; "
-            "not split variance)", "subsets": list(SUBSETS)}
+def _fit(exp: Experiment, methods: list[str], seeds: list[int], progress: bool) -> tuple[dict, dict, dict, dict]:
+    """Train every (group, method, seed) of one split: ``(test margins, pairs used, grid, models)``."""
+    if exp.cfg.train.mode == "head":
+        thetas, grid = fit_heads(exp, methods, seeds, progress=progress)
+        dt = exp.diffs()[torch.from_numpy(np.flatnonzero(exp.split == "test"))].double().numpy()
+        margins = {k: dt @ v[0].astype(np.float64) for k, v in thetas.items()}
+        used = {k: (v[1], v[2]) for k, v in thetas.items()}
+        models = {k: v[0] for k, v in thetas.items()}
+        return margins, used, grid, models
+    from .trainer import fit_trainer_models
+
+    return fit_trainer_models(exp, methods, seeds, progress=progress)
 
 
-def summarize(exp: Experiment, ev: dict[str, Any], methods: list[str]) -> dict[str, Any]:
-    """Averages over groups (and over minority groups when the data names them)."""
-    metrics = ev["metrics"]
-    minority = exp.data.stats.get("minority_groups")
-    sets = {"all_groups": exp.groups}
+def group_sets(exp: Experiment) -> dict[str, list[str]]:
+    """The sets of groups averaged in the summary: all groups, and minority/majority when the data names them."""
+    minority = exp.data.stats.get("minority_groups") if isinstance(exp.data.stats, dict) else None
+    sets = {"all_groups": list(exp.groups)}
     if minority:
         sets["minority_groups"] = [g for g in exp.groups if g in minority]
         sets["majority_groups"] = [g for g in exp.groups if g not in minority]
-    out: dict[str, Any] = {}
-    for name, gs in sets.items():
-        if not gs:
-            continue
-        out[name] = {}
-        for m in methods + (["oracle"] if exp.oracle_margin is not None else []):
-            row = {}
-            for s in ("all", "distinctive", "agreeing", "contested", "pooled"):
-                vals = [metrics[g][m][s]["mean"] for g in gs if s in metrics[g].get(m, {})]
-                row[s] = float(np.nanmean(vals)) if vals and not all(math.isnan(v) for v in vals) else float("nan")
-            if m != "oracle":
-                row["pairs_used"] = float(np.mean([metrics[g][m]["pairs_used"] for g in gs]))
-            out[name][m] = row
-        if exp.oracle_margin is not None and "global" in methods:
-            og, gg = out[name]["oracle"]["all"], out[name]["global"]["all"]
+    return {k: v for k, v in sets.items() if v}
+
+
+def split_margins(exp: Experiment, margins: dict[tuple, np.ndarray], pairs_used: dict[tuple, tuple[int, float]]):
+    """The test-set view of one split that :func:`scpo.evaluate.evaluate_splits` needs."""
+    from .evaluate import SplitMargins
+
+    test = exp.split == "test"
+    return SplitMargins(
+        split_seed=exp.cfg.data.split_seed, test_group=exp.group[test], clusters=exp.split_key[test],
+        global_margin=exp.delta[test], margins=margins, used=pairs_used,
+        contested=exp.contested[test] if exp.contested is not None else None,
+        oracle_margin=exp.oracle_margin[test] if exp.oracle_margin is not None else None,
+    )
+
+
+def evaluate_margins(exp: Experiment, margins: dict[tuple, np.ndarray], pairs_used: dict[tuple, tuple[int, float]],
+                     seeds: list[int], splits: list | None = None) -> dict[str, Any]:
+    """Accuracy tables, CIs and paired tests from test margins of every (group, method, seed).
+
+    One split (``exp``'s) unless ``splits`` (a :class:`scpo.evaluate.SplitMargins` per split seed,
+    ``exp``'s first) is given. Full/LoRA runs come here the same way as head runs: only margins matter.
+    """
+    from .evaluate import evaluate_splits
+
+    present = list(dict.fromkeys(k[1] for k in margins))
+    methods = [m for m in exp.cfg.train.methods if m in present] + [m for m in present if m not in exp.cfg.train.methods]
+    splits = list(splits) if splits else [split_margins(exp, margins, pairs_used)]
+    ev = evaluate_splits(splits, exp.groups, methods, seeds, group_sets=group_sets(exp), n_boot=exp.cfg.output.n_boot)
+    covers = ", ".join(ev["ci"]["resamples"])
+    missing = "; ".join(ev["ci"]["does_not_cover"])
+    ev["split_unit_ci"] = (f"95% percentile bootstrap over test {exp.data.split_unit}s; covers {covers}"
+                           + (f"; does not cover {missing}" if missing else ""))
+    return ev
+
+
+def summarize(exp: Experiment, ev: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """Averages over groups (and over minority/majority groups when the data names them), with CIs;
+    on synthetic data also the share of the global->oracle gap each method closes."""
+    out = ev["summary"]
+    for rows in out.values():
+        if "oracle" in rows and "global" in rows:
+            og, gg = rows["oracle"]["all"], rows["global"]["all"]
             for m in methods:
-                out[name][m]["gap_closed"] = float((out[name][m]["all"] - gg) / (og - gg)) if og != gg else float("nan")
+                rows[m]["gap_closed"] = float((rows[m]["all"] - gg) / (og - gg)) if og != gg else float("nan")
     return out
 
 
 def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | None = None) -> dict[str, Any]:
-    """Run the whole experiment ``cfg`` describes and write its run directory; return results."""
+    """Run the whole experiment ``cfg`` describes and write its run directory; return results.
+
+    With ``train.split_seeds`` the whole comparison (global model, grid search, training) is
+    repeated on each split seed's train/test partition and every statistic pools the splits; the
+    first split seed is the primary one (its models, grid and selection are saved). With
+    ``train.curve_fractions`` learning curves and efficiency ratios are added
+    (:mod:`scpo.curves`), with ``train.sweep_taus``/``sweep_betas`` a tau x beta sweep on the
+    primary split (:mod:`scpo.sweep`).
+    """
     from . import report
     from .reliability import RunLock
 
@@ -389,41 +480,92 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
     out_dir = Path(cfg.output.output_dir)
     t0 = time.time()
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch, rank 0 writes
+    tc = cfg.train
     with RunLock(out_dir) if main_process else contextlib.nullcontext():
-        exp = exp or prepare(cfg, progress=progress)
-        methods = list(dict.fromkeys(cfg.train.methods))
-        seeds = list(cfg.train.seeds)
-        sel = selection_summary(exp)
-        test = exp.split == "test"
-        if cfg.train.mode == "head":
-            thetas, grid = fit_heads(exp, methods, seeds, progress=progress)
-            dt = exp.diffs()[torch.from_numpy(np.flatnonzero(test))].double().numpy()
-            margins = {k: dt @ v[0].astype(np.float64) for k, v in thetas.items()}
-            used = {k: (v[1], v[2]) for k, v in thetas.items()}
-            models = {k: v[0] for k, v in thetas.items()}
-        else:
-            from .trainer import fit_trainer_models
+        methods = list(dict.fromkeys(tc.methods))
+        seeds = list(dict.fromkeys(tc.seeds))
+        split_seeds = list(dict.fromkeys(tc.split_seeds)) or [cfg.data.split_seed]
+        if exp is not None:
+            first = exp.cfg.data.split_seed
+            split_seeds = [first] + [s for s in split_seeds if s != first]
+        fractions = sorted(set(tc.curve_fractions))
+        curve_methods = list(dict.fromkeys(tc.curve_methods)) if fractions else []
+        sweep_on = bool(tc.sweep_taus or tc.sweep_betas)
+        if sweep_on and tc.mode != "head":
+            raise InputError("the tau x beta sweep runs in head mode only (--mode head)", field="sweep_taus")
+        timing: dict[str, float] = {"prepare": 0.0, "train": 0.0, "curves": 0.0, "sweep": 0.0}
+        splits, curve_splits, split_info = [], [], []
+        primary = None
+        rm = exp.rm if exp is not None else None
+        head0 = None
+        for i, ss in enumerate(split_seeds):
+            t = time.time()
+            cfg_s = cfg if ss == cfg.data.split_seed else cfg.replace(split_seed=ss)
+            if i > 0 and tc.mode != "head":
+                cfg_s = cfg_s.replace(output_dir=str(out_dir / "splits" / f"split-seed-{ss}"), save_models=False)
+            exp_s = exp if (i == 0 and exp is not None) else prepare(cfg_s, progress=progress, rm=rm)
+            rm = exp_s.rm
+            if i == 0:
+                head0 = rm.head_params()
+            timing["prepare"] += time.time() - t
+            t = time.time()
+            margins, used, grid, models = _fit(exp_s, methods, seeds, progress)
+            timing["train"] += time.time() - t
+            splits.append(split_margins(exp_s, margins, used))
+            if fractions:
+                from .curves import fit_curves
 
-            margins, used, grid, models = fit_trainer_models(exp, methods, seeds, progress=progress)
-        ev = evaluate_margins(exp, margins, used, seeds)
+                t = time.time()
+                curve_splits.append(fit_curves(exp_s, curve_methods, seeds, fractions, margins, used, progress=progress))
+                timing["curves"] += time.time() - t
+            split_info.append({
+                "split_seed": ss, "global_model_trained_on_pairs": exp_s.global_info.get("trained_on_pairs"),
+                "train_pairs": int((exp_s.split == "train").sum()), "test_pairs": int((exp_s.split == "test").sum()),
+                "test_units": int(len(set(exp_s.split_key[exp_s.split == "test"]))),
+            })
+            if i == 0:
+                primary = (exp_s, selection_summary(exp_s), grid, models)
+                if sweep_on:
+                    from .sweep import run_sweep
+
+                    t = time.time()
+                    sweep_res = run_sweep(exp_s, tc.sweep_taus or [cfg.select.tau], tc.sweep_betas or [cfg.select.beta],
+                                          seeds, reference=(margins, used), progress=progress)
+                    timing["sweep"] += time.time() - t
+        exp, sel, grid, models = primary
+        if len(split_seeds) > 1 and head0 is not None:
+            rm.set_head(head0[0], head0[1])  # later splits trained their own global head on the shared model
+        t = time.time()
+        ev = evaluate_margins(exp, splits[0].margins, splits[0].used, seeds, splits=splits)
         results = {
-            "scpo_results_version": 1,
+            "scpo_results_version": 2,
             "synthetic_data": exp.data.synthetic,
             "data": {
                 "name": exp.data.name, "split_unit": exp.data.split_unit, "groups": exp.groups,
                 "group_matches": exp.data.group_matches, "stats": exp.data.stats, "provenance": exp.data.provenance,
-                "split_seed": cfg.data.split_seed,
+                "split_seed": split_seeds[0], "split_seeds": split_seeds,
             },
             "global_model": exp.global_info,
             "scoring": exp.score_stats,
             "selection": sel,
+            "select": {"tau": cfg.select.tau, "beta": cfg.select.beta},
             "methods": methods,
             "seeds": seeds,
-            "mode": cfg.train.mode,
+            "split_seeds": split_seeds,
+            "splits": split_info,
+            "mode": tc.mode,
             "grid": grid,
-            **ev,
+            **{k: v for k, v in ev.items() if not k.startswith("_")},
         }
         results["summary"] = summarize(exp, ev, methods)
+        if fractions:
+            from .curves import curve_tables
+
+            results["curves"] = curve_tables(ev, curve_splits, exp.groups, curve_methods, seeds, fractions, group_sets(exp))
+        if sweep_on:
+            results["sweep"] = sweep_res
+        timing["evaluate"] = time.time() - t
+        results["timing_s"] = timing
         results["wall_time_s"] = time.time() - t0
         if main_process:
             report.write_run(out_dir, cfg, results, exp=exp, models=models)

@@ -1,0 +1,118 @@
+"""The run directory: report.md and plots build from a saved results.json; every plot is written.
+
+``tiny_run()`` runs one small evaluation (tiny synthetic preset, 2 seeds, curves, a 2-cell sweep)
+once per test session; test_curves.py and test_sweep.py use it too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from scpo.report import PLOT_FILES, build_report, rebuild, strict_json
+
+TINY_ARGS = [
+    "--quiet", "--synthetic-preset", "tiny", "--methods", "global,full,scpo,filter-only,weight-only",
+    "--seeds", "0,1", "--curve-fractions", "0.5,1", "--sweep-taus", "0.7,1", "--sweep-betas", "inf",
+    "--global-steps", "300", "--learning-rates", "3e-3,1e-2", "--steps", "60", "--pulls", "0",
+    "--val-folds", "2", "--n-boot", "200",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_run() -> tuple[dict, Path]:
+    """(results.json as saved, run directory) of ``scpo evaluate`` on the tiny preset; once per session."""
+    from scpo.cli import main
+
+    tmp = Path(tempfile.mkdtemp(prefix="scpo-test-eval-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    run_dir = tmp / "run"
+    rc = main(["evaluate", *TINY_ARGS, "--cache-dir", str(tmp / "cache"), "--output-dir", str(run_dir)])
+    assert rc == 0
+    return json.loads((run_dir / "results.json").read_text()), run_dir
+
+
+@pytest.fixture
+def tiny_results() -> dict:
+    return tiny_run()[0]
+
+
+def test_results_json_is_strict_json_with_the_documented_sections(tiny_results):
+    _, run_dir = tiny_run()
+    text = (run_dir / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    for key in ("scpo_results_version", "metrics", "summary", "tests", "ci", "runs", "cross_group", "curves",
+                "sweep", "selection", "splits", "timing_s"):
+        assert key in tiny_results, key
+    assert tiny_results["scpo_results_version"] == 2
+    assert len(tiny_results["runs"]) == 2
+    g = tiny_results["data"]["groups"][0]
+    e = tiny_results["metrics"][g]["scpo"]["all"]
+    assert len(e["per_run"]) == 2 and len(e["ci95"]) == 2
+    assert "scpo vs full" in tiny_results["tests"]["per_group"]
+    assert "weight-only vs full" in tiny_results["tests"]["group_sets"]
+
+
+def test_every_plot_is_written_and_not_empty():
+    results, run_dir = tiny_run()
+    for name in PLOT_FILES:
+        p = run_dir / "plots" / name
+        assert p.is_file() and p.stat().st_size > 1000, name
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(Path(p).name for p in results["plots"]) == sorted(PLOT_FILES)
+
+
+def test_report_rebuilds_from_saved_results_without_training(tmp_path):
+    results, run_dir = tiny_run()
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(run_dir / "results.json", copy / "results.json")  # nothing else: no models, no config
+    report = rebuild(copy)
+    text = report.read_text()
+    for heading in ("## The paper's claims on this data", "## Comparison", "## Per group", "## Paired tests",
+                    "## What carries SCPO's effect", "## Bias", "## Data efficiency", "## Cross-group matrix",
+                    "## tau × beta sweep", "## Plots"):
+        assert heading in text, heading
+    assert text == (run_dir / "report.md").read_text()
+    for name in PLOT_FILES:
+        assert (copy / "plots" / name).stat().st_size > 1000
+    for name in ("full_report.json", "partial_report.json", "edited_ratios.json"):
+        assert json.loads((copy / name).read_text())["avg"] is not None
+
+
+def test_report_cli_rebuilds(tmp_path, capsys):
+    from scpo.cli import main
+
+    _, run_dir = tiny_run()
+    shutil.copy(run_dir / "results.json", tmp_path / "results.json")
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_report_states_distinctive_only_beside_agreeing_and_pooled(tiny_results):
+    text = build_report(tiny_results)
+    for line in text.splitlines():
+        if line.startswith("| method | ") and "distinctive" in line:
+            assert "agreeing" in line and "pooled" in line
+    assert "by construction" in text
+    assert "McNemar" in text
+
+
+def test_report_builds_from_a_minimal_older_results_file():
+    results, _ = tiny_run()
+    old = {k: v for k, v in results.items() if k not in ("tests", "ci", "curves", "sweep", "runs", "timing_s", "plots")}
+    text = build_report(old)
+    assert "## Comparison" in text and "Data efficiency**: not measured" in text
+
+
+def test_strict_json():
+    out = strict_json({"a": float("nan"), "b": [float("inf"), -math.inf, 1.5], "c": {"d": 2}})
+    assert out == {"a": None, "b": ["inf", "-inf", 1.5], "c": {"d": 2}}
