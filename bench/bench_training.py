@@ -8,7 +8,9 @@ all-MiniLM-L6-v2 with a seeded score layer, AdamW) on the same PRISM-like pairs:
 
 * ``scpo``     — :class:`scpo.trainer.PairCollator` (dynamic padding) + length-grouped batches;
 * ``pad512``   — every text padded to 512 tokens (``PairCollator(pad_to=512)``), the same batches;
-* ``dynamic``  — dynamic padding with random (not length-grouped) batches, to split the two effects.
+* ``dynamic``  — dynamic padding with random (not length-grouped) batches, to split the two effects;
+* ``grouped32`` — length-grouped, padded to the batch's longest rounded up to a multiple of 32
+  (few distinct shapes: CPU kernels are re-planned for every new sequence length).
 
 Dropout is switched off in every arm so that ``scpo`` and ``pad512`` (same batches, same seed)
 must give the same loss on every step: the first steps' losses are printed side by side. Pairs per
@@ -43,7 +45,7 @@ def make_pairs(n_pairs: int, seed: int = 0):
 
 
 def run_arm(rm, pairs, *, pad_to: int | None, group_by_length: bool, steps: int, batch_size: int, seed: int = 0,
-            lr: float = 1e-5) -> dict:
+            lr: float = 1e-5, multiple_of: int = 1) -> dict:
     """One SCPOTrainer run of ``steps`` steps; returns losses, pairs/s and tokens processed."""
     import copy
 
@@ -83,9 +85,12 @@ def run_arm(rm, pairs, *, pad_to: int | None, group_by_length: bool, steps: int,
     with tempfile.TemporaryDirectory() as out:
         targs = training_arguments(out, tc, learning_rate=lr, max_steps=steps, seed=seed, save_steps=0,
                                    logging_steps=10**6)
-        trainer = Recording(model=model, args=targs, train_dataset=ds,
-                            data_collator=PairCollator(rm.tokenizer.pad_token_id or 0, pad_to=pad_to),
-                            callbacks=[Clock()])
+        collator = PairCollator(rm.tokenizer.pad_token_id or 0, pad_to=pad_to)
+        if multiple_of > 1:  # dynamic padding rounded up to a multiple: fewer distinct shapes
+            def collator(features, _pad=rm.tokenizer.pad_token_id or 0):
+                longest = max(max(len(f["chosen_input_ids"]), len(f["rejected_input_ids"])) for f in features)
+                return PairCollator(_pad, pad_to=-(-longest // multiple_of) * multiple_of)(features)
+        trainer = Recording(model=model, args=targs, train_dataset=ds, data_collator=collator, callbacks=[Clock()])
         trainer.train()
     timed_s = ends[-1] - ends[0]
     n_timed = len(ends) - 1
@@ -118,15 +123,16 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = make_pairs(args.pairs, args.seed)
     args.steps = args.steps or args.pairs // args.batch_size
     kw = dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    plan = {"scpo": (None, True), "pad512": (args.pad_to, True)}
+    plan = {"scpo": (None, True, 1), "pad512": (args.pad_to, True, 1)}
     if not args.skip_dynamic:
-        plan["dynamic"] = (None, False)
+        plan["dynamic"] = (None, False, 1)
+        plan["grouped32"] = (None, True, 32)
     run_arm(rm, make_pairs(4 * args.batch_size, args.seed + 1), pad_to=None, group_by_length=False,
             steps=1, batch_size=args.batch_size)  # warm-up: first backward, allocator, thread pool
     arms: dict[str, dict] = {}
     for _ in range(args.repeats):
-        for name, (pad_to, grouped) in plan.items():
-            a = run_arm(rm, pairs, pad_to=pad_to, group_by_length=grouped, **kw)
+        for name, (pad_to, grouped, mult) in plan.items():
+            a = run_arm(rm, pairs, pad_to=pad_to, group_by_length=grouped, multiple_of=mult, **kw)
             if name not in arms or a["pairs_per_s"] > arms[name]["pairs_per_s"]:
                 arms[name] = a
     print(f"   {args.pairs} pairs, batches of {args.batch_size} pairs ({2 * args.batch_size} texts), "
@@ -141,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     diff = float(np.max(np.abs(np.array(l_s) - np.array(l_p))))
     print(f"   ratio scpo/pad512: {ratio:.2f}x")
     if "dynamic" in arms:
-        print(f"   of which length grouping (scpo/dynamic): {arms['scpo']['pairs_per_s'] / arms['dynamic']['pairs_per_s']:.2f}x")
+        print(f"   of which length grouping (scpo/dynamic): {arms['scpo']['pairs_per_s'] / arms['dynamic']['pairs_per_s']:.2f}x;"
+              f" grouped and padded to a multiple of 32 vs pad512: "
+              f"{arms['grouped32']['pairs_per_s'] / arms['pad512']['pairs_per_s']:.2f}x")
     print(f"   first {k} losses  scpo {[round(x, 6) for x in l_s]}  pad512 {[round(x, 6) for x in l_p]}  "
           f"largest difference {diff:.1e}")
     footer()

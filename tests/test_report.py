@@ -29,12 +29,19 @@ TINY_ARGS = [
 @functools.lru_cache(maxsize=1)
 def tiny_run() -> tuple[dict, Path]:
     """(results.json as saved, run directory) of ``scpo evaluate`` on the tiny preset; once per session."""
+    import torch
+
     from scpo.cli import main
 
     tmp = Path(tempfile.mkdtemp(prefix="scpo-test-eval-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     run_dir = tmp / "run"
-    rc = main(["evaluate", *TINY_ARGS, "--cache-dir", str(tmp / "cache"), "--output-dir", str(run_dir)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batched ops: one thread is much faster on a shared machine
+    try:
+        rc = main(["evaluate", *TINY_ARGS, "--cache-dir", str(tmp / "cache"), "--output-dir", str(run_dir)])
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     return json.loads((run_dir / "results.json").read_text()), run_dir
 

@@ -151,7 +151,7 @@ def fit_curves(exp: Any, methods: Sequence[str], seeds: Sequence[int], fractions
     base = Path(exp.cfg.output.output_dir)
     for f in small:
         for s in seeds:
-            split = exp.split.copy()
+            split = exp.split.astype(object)  # room for the longer label 'unused'
             keep = np.zeros(len(split), dtype=bool)
             for g in exp.groups:
                 keep[sub[(g, s, f)]] = True

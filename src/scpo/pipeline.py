@@ -568,5 +568,8 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         results["timing_s"] = timing
         results["wall_time_s"] = time.time() - t0
         if main_process:
+            from .reliability import work_summary
+
+            results["work"] = work_summary(out_dir)
             report.write_run(out_dir, cfg, results, exp=exp, models=models)
     return results

@@ -21,6 +21,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -660,7 +662,8 @@ def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) 
     else:
         for name, path in models.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(path), str(tmp / name))
+            # hard links (a copy across file systems): the job records keep pointing at real files
+            shutil.copytree(str(path), str(tmp / name), copy_function=_link_or_copy)
     # a reference set of texts on which serving centres and scales every model's rewards
     rng = np.random.default_rng(0)
     n = len(exp.prompts)
@@ -668,14 +671,35 @@ def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) 
     with open(tmp / "reference.jsonl", "w", encoding="utf-8") as f:
         for i in pick:
             f.write(json.dumps({"prompt": exp.prompts[i], "response": exp.responses[i]}) + "\n")
+    calibration = None
+    if results["mode"] == "head":
+        # the reference texts' features are in memory: store the serving calibration now
+        from .steer import calibration_entry
+
+        feats = exp.features[pick].astype(np.float64)
+        bias = float(exp.rm.head_params()[1])
+        raw = {"global": feats @ exp.rm.head_params()[0].numpy().astype(np.float64) + bias}
+        for key, w in heads.items():
+            raw[key] = feats @ w.numpy().astype(np.float64) + bias
+        calibration = raw
     manifest = {
         "mode": results["mode"], "groups": results["data"]["groups"], "methods": results["methods"],
         "score_layer": exp.rm.score_layer_name, "formatter": exp.rm.formatter.to_dict(),
         "global_model": results["global_model"],
     }
+    if calibration is not None:
+        manifest["calibration"] = calibration_entry(calibration, tmp)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(mdir, ignore_errors=True)
     tmp.rename(mdir)
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
 
 
 def write_run(run_dir: str | Path, cfg: RunConfig, results: dict[str, Any], exp: Any = None, models: dict | None = None) -> None:
