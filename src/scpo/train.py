@@ -29,6 +29,7 @@ Python loop. ``full`` and ``lora`` modes use the transformers ``Trainer`` (:mod:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -108,61 +109,81 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return ((word >> 22) ^ word) & 0xFFFFFFFF
 
 
-def train_heads(
-    diffs: torch.Tensor,
-    jobs: Sequence[HeadJob],
-    steps: Sequence[int],
-    batch_size: int,
-    *,
-    chunk: int = 2048,
-    progress: bool = False,
-) -> np.ndarray:
+def _stream_groups(jobs: Sequence[HeadJob]) -> list[list[int]]:
+    groups: dict[bytes, list[int]] = {}
+    for i, j in enumerate(jobs):
+        h = hashlib.sha1(np.int64(j.stream & 0x7FFFFFFF).tobytes())
+        h.update(np.ascontiguousarray(j.train_idx, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(j.weights, dtype=np.float32).tobytes())
+        groups.setdefault(h.digest(), []).append(i)
+    return list(groups.values())
+
+
+def train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[int], batch_size: int, *,
+                       chunk: int = 4096, progress: bool = False) -> np.ndarray:
     """Train many linear score layers at once; return snapshots ``[jobs, len(steps), dim]``.
 
     ``diffs[p] = features(chosen_p) - features(rejected_p)``: a linear head's reward margin is
     ``diffs[p] @ w`` (the bias cancels). Each step, every job draws ``batch_size`` of its pairs
     (uniformly, with replacement, from its own deterministic stream) and takes an Adam step on
     ``mean(w * softplus(-margin)) + pull * ||w - anchor||^2``. A job without pairs keeps its init.
+
+    Jobs that draw the same batches (equal stream, pairs and weights: the grid cells of one group,
+    method, seed and fold) share one gather ``diffs[pair]`` per step and multiply it with their
+    ``[cells, dim]`` parameters in one ``bmm``: the gather, the memory-bound part, is done once
+    per stream instead of once per job.
     """
+    from tqdm.auto import tqdm
+
     steps = sorted(set(int(s) for s in steps))
     max_step = steps[-1] if steps else 0
     dim = diffs.shape[1]
     out = np.zeros((len(jobs), len(steps), dim), dtype=np.float32)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs) * max_step, desc="training heads", unit="step", disable=not progress, leave=False)
-    for c0 in range(0, len(jobs), chunk):
-        cj = jobs[c0 : c0 + chunk]
-        J = len(cj)
-        counts = torch.tensor([len(j.train_idx) for j in cj], dtype=torch.int64)
-        offsets = torch.zeros(J, dtype=torch.int64)
+    groups = _stream_groups(jobs)
+    c_max = max((len(g) for g in groups), default=1)
+    per_chunk = max(1, chunk // c_max)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    cols = torch.arange(batch_size, dtype=torch.int64)[None, :]
+    bar = tqdm(total=len(groups) * max_step, desc="training heads", unit="step", disable=not progress, leave=False)
+    for g0 in range(0, len(groups), per_chunk):
+        gs = groups[g0 : g0 + per_chunk]
+        S = len(gs)
+        lead = [jobs[g[0]] for g in gs]
+        counts = torch.tensor([len(j.train_idx) for j in lead], dtype=torch.int64)
+        offsets = torch.zeros(S, dtype=torch.int64)
         offsets[1:] = torch.cumsum(counts, 0)[:-1]
-        flat_idx = torch.from_numpy(np.concatenate([j.train_idx for j in cj] + [np.zeros(1, dtype=np.int64)]).astype(np.int64))
-        flat_w = torch.from_numpy(np.concatenate([j.weights for j in cj] + [np.zeros(1)]).astype(np.float32))
-        theta = torch.from_numpy(np.stack([j.init for j in cj]).astype(np.float32))
-        anchor = torch.from_numpy(np.stack([j.anchor for j in cj]).astype(np.float32))
-        lr = torch.tensor([j.lr for j in cj], dtype=torch.float32)[:, None]
-        pull = torch.tensor([j.pull for j in cj], dtype=torch.float32)[:, None]
-        stream = torch.tensor([j.stream & 0x7FFFFFFF for j in cj], dtype=torch.int64)[:, None]
-        active = (counts > 0).float()[:, None]
+        flat_idx = torch.from_numpy(np.concatenate([j.train_idx for j in lead] + [np.zeros(1, dtype=np.int64)]).astype(np.int64))
+        flat_w = torch.from_numpy(np.concatenate([j.weights for j in lead] + [np.zeros(1)]).astype(np.float32))
+        stream = torch.tensor([j.stream & 0x7FFFFFFF for j in lead], dtype=torch.int64)[:, None]
+        safe_counts = counts.clamp(min=1)[:, None]
+        # [S, C, d] parameters; padded slots (streams with fewer jobs) are inactive
+        theta = torch.zeros(S, c_max, dim)
+        anchor = torch.zeros(S, c_max, dim)
+        lr = torch.zeros(S, c_max, 1)
+        pull = torch.zeros(S, c_max, 1)
+        active = torch.zeros(S, c_max, 1)
+        for s, g in enumerate(gs):
+            for c, i in enumerate(g):
+                theta[s, c] = torch.from_numpy(np.asarray(jobs[i].init, dtype=np.float32))
+                anchor[s, c] = torch.from_numpy(np.asarray(jobs[i].anchor, dtype=np.float32))
+                lr[s, c], pull[s, c] = jobs[i].lr, jobs[i].pull
+                active[s, c] = float(len(jobs[i].train_idx) > 0)
         m = torch.zeros_like(theta)
         v = torch.zeros_like(theta)
-        b1, b2, eps = 0.9, 0.999, 1e-8
-        cols = torch.arange(batch_size, dtype=torch.int64)[None, :]
-        safe_counts = counts.clamp(min=1)[:, None]
+        snaps = torch.zeros(S, c_max, len(steps), dim)
         si = 0
         if steps and steps[0] == 0:
-            out[c0 : c0 + J, 0] = theta.numpy()
+            snaps[:, :, 0] = theta
             si = 1
         for t in range(1, max_step + 1):
             r = _hash32(_hash32(stream * 1000003 + t) ^ (cols * 2654435761 & 0xFFFFFFFF))
             pos = offsets[:, None] + (r % safe_counts)
             pair = flat_idx[pos.clamp(max=len(flat_idx) - 1)]
             w = flat_w[pos.clamp(max=len(flat_w) - 1)]
-            x = diffs[pair]  # [J, B, d]
-            margin = torch.einsum("jbd,jd->jb", x, theta)
-            coef = -(w * torch.sigmoid(-margin)) / batch_size  # d loss / d margin
-            grad = torch.einsum("jb,jbd->jd", coef, x) + 2.0 * pull * (theta - anchor)
+            x = diffs[pair]  # [S, B, d], once per stream
+            margin = torch.bmm(x, theta.transpose(1, 2))  # [S, B, C]
+            coef = -(w[:, :, None] * torch.sigmoid(-margin)) / batch_size
+            grad = torch.bmm(coef.transpose(1, 2), x) + 2.0 * pull * (theta - anchor)
             grad = grad * active
             m.mul_(b1).add_(grad, alpha=1 - b1)
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
@@ -170,9 +191,13 @@ def train_heads(
             vhat = v / (1 - b2**t)
             theta = theta - lr * mhat / (vhat.sqrt() + eps) * active
             if si < len(steps) and t == steps[si]:
-                out[c0 : c0 + J, si] = theta.numpy()
+                snaps[:, :, si] = theta
                 si += 1
-            bar.update(J)
+            bar.update(S)
+        sn = snaps.numpy()
+        for s, g in enumerate(gs):
+            for c, i in enumerate(g):
+                out[i] = sn[s, c]
     bar.close()
     return out
 
@@ -180,16 +205,19 @@ def train_heads(
 def val_accuracy(diffs: torch.Tensor, jobs: Sequence[HeadJob], snapshots: np.ndarray) -> np.ndarray:
     """Accuracy (tie = wrong) of every snapshot on its job's ``val_idx`` pairs: ``[jobs, steps]``.
 
-    NaN for a job without validation pairs.
+    One matmul per distinct validation set; NaN for a job without validation pairs.
     """
-    J, S, _ = snapshots.shape
+    J, S, d = snapshots.shape
     acc = np.full((J, S), np.nan)
-    for j, job in enumerate(jobs):
-        if len(job.val_idx) == 0:
-            continue
-        x = diffs[torch.from_numpy(job.val_idx)]
-        margins = x @ torch.from_numpy(snapshots[j]).T  # [n_val, S]
-        acc[j] = (margins > 0).float().mean(0).numpy()
+    by_val: dict[bytes, list[int]] = {}
+    for i, j in enumerate(jobs):
+        if len(j.val_idx):
+            by_val.setdefault(np.ascontiguousarray(j.val_idx, dtype=np.int64).tobytes(), []).append(i)
+    for key, idx in by_val.items():
+        x = diffs[torch.from_numpy(np.frombuffer(key, dtype=np.int64).copy())]  # [n_val, d]
+        th = torch.from_numpy(snapshots[idx].reshape(-1, d))  # [jobs * steps, d]
+        margins = x @ th.T
+        acc[idx] = (margins > 0).float().mean(0).numpy().reshape(len(idx), S)
     return acc
 
 
