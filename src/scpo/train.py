@@ -133,6 +133,16 @@ def train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[in
     ``[cells, dim]`` parameters in one ``bmm``: the gather, the memory-bound part, is done once
     per stream instead of once per job.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: a second thread helps little and stalls on a busy core
+    try:
+        return _train_heads(diffs, jobs, steps, batch_size, chunk=chunk, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[int], batch_size: int, *,
+                 chunk: int, progress: bool) -> np.ndarray:
     from tqdm.auto import tqdm
 
     steps = sorted(set(int(s) for s in steps))
