@@ -9,9 +9,9 @@ option) once with the packaged encoder (cached under ``--cache-dir``: the first 
 later runs do not), trains the global head on the pooled population pairs, then times
 :func:`scpo.pipeline.fit_heads` — the grid search on 3 validation folds and the refit of every
 (country, method, seed), all batched into :func:`scpo.train.train_heads` calls, not a Python loop
-per group. ``--engine both`` (default) times scpo's ``train_heads`` and the shared-gather prototype
-(``bench/_headfast.py``: the grid cells of a stream share one gather) side by side on
-``--compare-seeds`` seeds, checks they give the same heads, then runs the prototype on all seeds.
+per group. ``--engine both`` (default) times the previous per-job trainer (``bench/_perjob.py``)
+and scpo's ``train_heads`` (the grid cells of a stream share one gather) side by side on
+``--compare-seeds`` seeds, checks they give the same heads, then runs scpo's on all seeds.
 Prints wall times, the number of head trainings and peak memory.
 """
 
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", default=",".join(METHODS), help="methods (default: all of them)")
     ap.add_argument("--cache-dir", default="/tmp/scpo_bench_cache", help="feature cache (default /tmp/scpo_bench_cache)")
     ap.add_argument("--val-folds", type=int, default=None, help="override the config's validation folds (default 3)")
-    ap.add_argument("--engine", default="both", choices=("both", "scpo", "shared"),
-                    help="scpo.train.train_heads, the shared-gather prototype (bench/_headfast.py) or both (default)")
+    ap.add_argument("--engine", default="both", choices=("both", "scpo", "per-job"),
+                    help="scpo.train.train_heads, the previous per-job trainer (bench/_perjob.py) or both (default)")
     ap.add_argument("--compare-seeds", type=int, default=1, help="seeds of the side-by-side comparison (default 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's default)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
         import scpo.pipeline as pl
 
         saved = pl.train_heads, pl.val_accuracy
-        if engine == "shared":
-            from _headfast import train_heads_shared, val_accuracy_batched
+        if engine == "per-job":
+            from _perjob import train_heads_per_job, val_accuracy_per_job
 
-            pl.train_heads, pl.val_accuracy = train_heads_shared, val_accuracy_batched
+            pl.train_heads, pl.val_accuracy = train_heads_per_job, val_accuracy_per_job
         try:
             with PeakMemory() as pm:
                 t = time.perf_counter()
@@ -117,20 +117,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     res = {"groups": len(groups), "methods": methods, "seeds": args.seeds, "pairs": len(exp.group),
            "texts_scored": st["computed"], "texts_cached": st["cached"], "prepare_s": t_prep}
-    engines = ["scpo", "shared"] if args.engine == "both" else [args.engine]
+    engines = ["per-job", "scpo"] if args.engine == "both" else [args.engine]
     if args.engine == "both":
-        # like for like on --compare-seeds seeds, then the shared engine on the whole workload
+        # like for like on --compare-seeds seeds, then scpo's trainer on the whole workload
         k = min(args.compare_seeds, args.seeds)
-        t_a, th_a, _ = fit("scpo", k)
-        t_b, th_b, _ = fit("shared", k)
+        t_a, th_a, _ = fit("per-job", k)
+        t_b, th_b, _ = fit("scpo", k)
         diff = max(float(np.max(np.abs(th_a[key][0] - th_b[key][0]))) for key in th_a)
-        print(f"   same workload: shared/scpo speed-up {t_a / t_b:.1f}x; largest parameter difference {diff:.1e}")
-        res.update(compare_seeds=k, scpo_fit_s=t_a, shared_fit_s=t_b, speedup=t_a / t_b, max_param_diff=diff)
+        print(f"   same workload: scpo/per-job speed-up {t_a / t_b:.1f}x; largest parameter difference {diff:.1e}")
+        res.update(compare_seeds=k, per_job_fit_s=t_a, scpo_fit_s=t_b, speedup=t_a / t_b, max_param_diff=diff)
         if args.seeds > k:
-            t_full, _, peak = fit("shared", args.seeds)
-            print(f"   {args.seeds} seeds: shared engine {t_full:.1f} s measured; scpo's train_heads about "
+            t_full, _, peak = fit("scpo", args.seeds)
+            print(f"   {args.seeds} seeds: scpo's train_heads {t_full:.1f} s measured; the per-job trainer about "
                   f"{t_a * args.seeds / k:.0f} s ({t_a * args.seeds / k / 60:.0f} min, {k} seed(s) x {args.seeds / k:g})")
-            res.update(shared_full_fit_s=t_full, scpo_full_fit_estimate_s=t_a * args.seeds / k, peak_rss_gib=peak)
+            res.update(scpo_full_fit_s=t_full, per_job_full_fit_estimate_s=t_a * args.seeds / k, peak_rss_gib=peak)
     else:
         t_full, _, peak = fit(engines[0], args.seeds)
         res.update(fit_heads_s=t_full, engine=engines[0], peak_rss_gib=peak)

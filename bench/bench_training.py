@@ -10,7 +10,7 @@ all-MiniLM-L6-v2 with a seeded score layer, AdamW) on the same PRISM-like pairs:
 * ``pad512``   — every text padded to 512 tokens (``PairCollator(pad_to=512)``), the same batches;
 * ``dynamic``  — dynamic padding with random (not length-grouped) batches, to split the two effects;
 * ``grouped32`` — length-grouped, padded to the batch's longest rounded up to a multiple of 32
-  (few distinct shapes: CPU kernels are re-planned for every new sequence length).
+  (fewer distinct shapes, at the cost of some padding).
 
 Dropout is switched off in every arm so that ``scpo`` and ``pad512`` (same batches, same seed)
 must give the same loss on every step: the first steps' losses are printed side by side. Pairs per
