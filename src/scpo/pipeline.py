@@ -53,8 +53,6 @@ class Experiment:
     delta: np.ndarray
     """Global model's margin of every pair."""
     score_stats: dict[str, Any] = field(default_factory=dict)
-    global_idx: np.ndarray | None = None
-    """Rows of the global model's own training pairs (offline global model)."""
 
     def diffs(self) -> torch.Tensor:
         return torch.from_numpy(self.features[self.chosen_row] - self.features[self.rejected_row])

@@ -25,7 +25,7 @@ Design (fixed before any SCPO result was looked at):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import datasets
 import numpy as np
@@ -274,6 +274,3 @@ def generate(spec: SyntheticSpec | str = "default", seed: int = 0) -> Preference
         synthetic=True,
     )
 
-
-def with_overrides(spec: SyntheticSpec, **kw) -> SyntheticSpec:
-    return replace(spec, **kw)
