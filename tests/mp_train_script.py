@@ -9,7 +9,8 @@ For every variant (``full-grouped``: full fine-tuning, length-grouped batches; `
 it saw at every step, its losses, a sha256 of its final trainable weights, and (rank 0) the weights
 themselves (``weights.npz``) and the final margins of the training pairs. Data: the synthetic ``tiny``
 preset's first pairs; model: scpo's tiny randomly initialised BERT (same architecture and tokenizer
-as the packaged encoder), dropout off so that one process and two give the same numbers.
+as the packaged encoder) with dropout 0.1, which ``TrainConfig.disable_dropout`` (the default) turns off
+so that one process and two give the same numbers.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-if not torch.cuda.is_available():
-    # without a GPU, accelerate's torchrun launcher starts plain processes: ask for its CPU (gloo) mode
-    os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-
 
 def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int, batch_size: int) -> None:
     from scpo.config import TrainConfig
@@ -50,9 +47,10 @@ def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int,
     rm = tiny_encoder(hidden=32, layers=2, seed=0)
     g = torch.Generator().manual_seed(1)
     rm.set_head(torch.randn(rm.feature_dim, generator=g) / rm.feature_dim**0.5, 0.0)
+    rm.model.config.hidden_dropout_prob = 0.1  # dropout on in the model: the trainer's disable_dropout turns it off
     for m in rm.model.modules():
         if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+            m.p = 0.1
     pairs = generate("tiny", seed=0).pairs.select(range(n_pairs))
     prompts, chosen, rejected = list(pairs["prompt"]), list(pairs["chosen"]), list(pairs["rejected"])
     ds = build_pair_dataset(rm.tokenizer, rm.formatter, prompts, chosen, rejected, np.ones(n_pairs))
@@ -92,9 +90,14 @@ def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int,
            "per_device_batch": targs.per_device_train_batch_size, "weights_sha256": h.hexdigest()}
     if rank == 0:
         np.savez(out / "weights.npz", **{n.replace(".", "/"): v for n, v in state.items()})
-        rw_c = forward_rewards(final, rm.tokenizer, rm.formatter, prompts, chosen)
-        rw_r = forward_rewards(final, rm.tokenizer, rm.formatter, prompts, rejected)
-        rec["margins"] = (rw_c - rw_r).tolist()
+    # collective under a launcher: every rank scores its share of the batches, every rank gets every reward
+    calls = [0]
+    hook = final.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    rw_c = forward_rewards(final, rm.tokenizer, rm.formatter, prompts, chosen, batch_size=8)
+    rw_r = forward_rewards(final, rm.tokenizer, rm.formatter, prompts, rejected, batch_size=8)
+    hook.remove()
+    rec["margins"] = (rw_c - rw_r).tolist()
+    rec["eval_forward_passes"] = calls[0]
     (out / f"rank{rank}.json").write_text(json.dumps(rec))
     acc.wait_for_everyone()
 

@@ -1,14 +1,17 @@
 """Two-process CPU training under ``accelerate launch``: disjoint batches, identical weights, same metrics.
 
 Runs ``tests/mp_train_script.py`` (a few SCPOTrainer steps of scpo's tiny BERT on the synthetic
-``tiny`` preset, dropout off) once under ``accelerate launch --config_file
-configs/accelerate/cpu_2proc.yaml`` (2 processes, gloo) and once as one plain process, then checks:
+``tiny`` preset; the model has dropout, the trainer's default ``disable_dropout`` turns it off) once
+under ``accelerate launch --config_file configs/accelerate/cpu_2proc.yaml`` (2 processes; without
+``ACCELERATE_USE_CPU``: scpo asks for the CPU/gloo mode itself) and once as one plain process, then checks:
 
 * every step, the two ranks trained on disjoint pairs (and together on the whole global batch);
 * both ranks ended with bit-identical trainable weights (DDP keeps the replicas in sync);
-* with the same global batches (random sampler, seeded), 2 processes give the metrics of 1: the
+* 2 processes train on the global batches of 1 (scpo's seeded ``PairSampler``, length-grouped or
+  not), and give the metrics of 1: the
   mean of the ranks' losses equals the single process's loss within 1e-5 and the trained model's
-  margins on the training pairs agree within 1e-4 (absolute; the margins are ~0.1) — full and LoRA.
+  margins on the training pairs agree within 1e-4 (absolute; the margins are ~0.1) — full and LoRA;
+* those margins (``forward_rewards``) are computed half by each rank and reach both.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ def _accelerate() -> list[str] | None:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    # no ACCELERATE_USE_CPU: without a GPU, training_arguments asks the Trainer for use_cpu (gloo) itself
+    env = {k: v for k, v in env.items() if k != "ACCELERATE_USE_CPU"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -69,7 +74,7 @@ def runs(tmp_path_factory):
                       "--out", str(two), "--variants", "full-grouped,full-random,lora-random"]
     p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-4000:]
-    p = subprocess.run([sys.executable, str(SCRIPT), "--out", str(one), "--variants", "full-random,lora-random"],
+    p = subprocess.run([sys.executable, str(SCRIPT), "--out", str(one), "--variants", "full-grouped,full-random,lora-random"],
                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-4000:]
     return two, one
@@ -90,7 +95,7 @@ def test_two_ranks_see_disjoint_batches_and_end_with_identical_weights(runs, var
     assert recs[0]["weights_sha256"] == recs[1]["weights_sha256"]
 
 
-@pytest.mark.parametrize("variant", ["full-random", "lora-random"])
+@pytest.mark.parametrize("variant", ["full-grouped", "full-random", "lora-random"])
 def test_two_processes_give_the_metrics_of_one(runs, variant):
     two, one = runs
     r0, r1 = _load(two / variant)
@@ -103,5 +108,9 @@ def test_two_processes_give_the_metrics_of_one(runs, variant):
     mean_loss = (np.array(r0["losses"]) + np.array(r1["losses"])) / 2
     np.testing.assert_allclose(mean_loss, single["losses"], atol=LOSS_TOL, rtol=0)
     np.testing.assert_allclose(r0["margins"], single["margins"], atol=MARGIN_TOL, rtol=0)
+    # rewards computed by the two ranks in turn (scpo.parallel.map_batches) reach both ranks alike
+    assert r0["margins"] == r1["margins"]
+    assert r0["eval_forward_passes"] + r1["eval_forward_passes"] == single["eval_forward_passes"]
+    assert r0["eval_forward_passes"] == r1["eval_forward_passes"] > 0
     # and training moved the model: the comparison is not between two untouched models
     assert single["losses"][0] != single["losses"][-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -123,6 +124,11 @@ class ModelConfig:
     score_batch_size: int = _help("texts per forward pass when scoring", default=64)
     cache_dir: str = _help("on-disk cache of scores and features", default=".scpo_cache")
     torch_dtype: str = _help("float32, bfloat16 or float16", default="float32")
+    device: str = _help(
+        "where the global model scores: auto (cuda:LOCAL_RANK on a GPU machine, else MPS/XPU, else cpu) "
+        "or a torch device such as cpu, cuda, cuda:1",
+        default="auto",
+    )
 
     def __post_init__(self) -> None:
         if self.input_format not in ("auto", "text-pair", "chat"):
@@ -133,6 +139,8 @@ class ModelConfig:
             raise ConfigError(f"--score-batch-size must be >= 1, got {self.score_batch_size}")
         if self.torch_dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"--torch-dtype must be float32, bfloat16 or float16, got {self.torch_dtype!r}")
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu|npu)(:\d+)?", self.device):
+            raise ConfigError(f"--device must be auto or a torch device (cpu, cuda, cuda:1, mps, xpu), got {self.device!r}")
 
 
 @dataclass
@@ -189,6 +197,11 @@ class TrainConfig:
     deepspeed: str | None = _help("Trainer: DeepSpeed config file", default=None)
     report_to: str = _help("Trainer: report_to (none, wandb, tensorboard, ...)", default="none")
     group_by_length: bool = _help("Trainer: length-grouped batches", default=True)
+    disable_dropout: bool = _help(
+        "Trainer: set every dropout probability of the trained model to 0 (LoRA's too), as TRL's DPO and "
+        "reward trainers do by default; runs are then the same on 1 and N processes",
+        default=True,
+    )
     dataloader_num_workers: int = _help("Trainer: data loader workers", default=0)
     save_steps: int = _help("Trainer: checkpoint every this many steps (resume after an interruption); 0 = never", default=200)
     lora_r: int = _help("LoRA rank", default=8)

@@ -184,8 +184,8 @@ class RewardModel:
 
     def head_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight [d], bias []) of the score layer, float32 copies."""
-        w = self.score_layer.weight.detach().float().reshape(-1).clone()
-        b = self.score_layer.bias.detach().float().reshape(()).clone() if self.score_layer.bias is not None else torch.zeros(())
+        w = self.score_layer.weight.detach().float().reshape(-1).cpu().clone()
+        b = self.score_layer.bias.detach().float().reshape(()).cpu().clone() if self.score_layer.bias is not None else torch.zeros(())
         return w, b
 
     def set_head(self, weight: torch.Tensor, bias: torch.Tensor | float) -> None:
@@ -214,7 +214,8 @@ def load_reward_model(cfg: ModelConfig, path: str | None = None) -> RewardModel:
     """Load the global reward model named by ``cfg.global_model`` (or ``path``).
 
     ``packaged`` gives all-MiniLM-L6-v2 with a fresh one-output score layer (initialised to
-    zero: it must be trained on population pairs before it means anything).
+    zero: it must be trained on population pairs before it means anything). The model is put on
+    ``cfg.device`` (``auto``: this process's GPU under a launcher, else the CPU), where it scores.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -248,6 +249,9 @@ def load_reward_model(cfg: ModelConfig, path: str | None = None) -> RewardModel:
         model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
     formatter = InputFormatter.for_tokenizer(tokenizer, cfg.input_format, cfg.max_length, model.config)
+    from .parallel import default_device
+
+    model.to(default_device() if cfg.device == "auto" else torch.device(cfg.device))
     rm = RewardModel(model, tokenizer, formatter, name, body_fp)
     if name == PACKAGED_MODEL:
         rm.set_head(torch.zeros(rm.feature_dim), 0.0)

@@ -86,11 +86,57 @@ class PairCollator:
         return batch
 
 
+class PairSampler(torch.utils.data.Sampler):
+    """The order in which training visits the pairs: the same on 1 and N processes, and after a resume.
+
+    Passes over the data, each a permutation drawn from ``(seed, pass)`` — length-grouped when
+    ``lengths`` is given (transformers' ``get_length_grouped_indices`` over global batches, as its
+    ``LengthGroupedSampler`` does, but seeded) — are concatenated into one stream, and epoch ``e``
+    is the stream's ``e``-th slice of ``ceil(n / global_batch)`` whole global batches. accelerate
+    deals each global batch's per-device batches to the ranks, so any number of processes trains on
+    the same global batches, and no rank is ever given a short or wrapped-around last batch (which
+    would make N processes differ from one at every epoch's end).
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int, lengths: list[int] | None = None):
+        self.n, self.global_batch, self.seed = int(n), max(1, int(global_batch)), int(seed)
+        self.lengths = list(lengths) if lengths is not None else None
+        self.epoch = 0
+        self.epoch_len = -(-self.n // self.global_batch) * self.global_batch if self.n else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer (through accelerate) before each epoch."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.epoch_len
+
+    def one_pass(self, j: int) -> list[int]:
+        """Pass ``j`` over the data: a permutation of ``range(n)``."""
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + j)
+        if self.lengths is None:
+            return torch.randperm(self.n, generator=g).tolist()
+        return [int(i) for i in get_length_grouped_indices(self.lengths, self.global_batch, generator=g)]
+
+    def __iter__(self):
+        if not self.n:
+            return iter(())
+        start = self.epoch * self.epoch_len
+        first, last = start // self.n, (start + self.epoch_len - 1) // self.n
+        stream = [i for j in range(first, last + 1) for i in self.one_pass(j)]
+        off = start - first * self.n
+        return iter(stream[off : off + self.epoch_len])
+
+
 class SCPOTrainer(Trainer):
     """``Trainer`` with the weighted Bradley-Terry loss ``-mean(w * log sigmoid(r+ - r-))``.
 
     The first half of each batch's rows are the chosen inputs, the second half the rejected ones.
-    ``pull`` adds ``pull * ||theta - theta_global||^2`` over the trainable parameters.
+    ``pull`` adds ``pull * ||theta - theta_global||^2`` over the trainable parameters. Pairs are
+    visited in a :class:`PairSampler` order (length-grouped when ``length_column_name`` is a column
+    and length grouping is on), so 1 and N processes train on the same global batches.
     """
 
     def __init__(self, *args: Any, pull: float = 0.0, **kwargs: Any):
@@ -100,6 +146,15 @@ class SCPOTrainer(Trainer):
         if self.pull > 0:
             self._anchor = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         self.seen_pairs = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        args = self.args
+        grouped = getattr(args, "train_sampling_strategy", None) == "group_by_length" or getattr(args, "group_by_length", False)
+        lengths = list(ds[args.length_column_name]) if grouped and args.length_column_name in ds.column_names else None
+        global_batch = args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        return PairSampler(len(ds), global_batch, seed, lengths)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weight = inputs.pop("weight")
@@ -117,11 +172,26 @@ class SCPOTrainer(Trainer):
 
 
 def training_arguments(output_dir: str, train_cfg: Any, *, learning_rate: float, max_steps: int, seed: int, save_steps: int = 0, **extra: Any) -> TrainingArguments:
-    """TrainingArguments from scpo's TrainConfig (works on transformers 4.4x and 5.x)."""
+    """TrainingArguments from scpo's TrainConfig (works on transformers 4.4x and 5.x).
+
+    ``train_cfg.batch_size`` is the global batch: each of the launcher's processes takes
+    ``batch_size / world`` pairs a step. Without a GPU (or MPS/XPU) the Trainer is told
+    ``use_cpu``, so that ``accelerate launch`` on a CPU machine trains data-parallel over gloo.
+    """
+    from .parallel import has_accelerator, rank_and_world
+
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    world = rank_and_world()[1]
+    if train_cfg.batch_size % world:
+        import warnings
+
+        warnings.warn(f"--batch-size {train_cfg.batch_size} is not a multiple of the {world} processes: each takes "
+                      f"{max(1, train_cfg.batch_size // world)} pairs a step, a global batch of "
+                      f"{max(1, train_cfg.batch_size // world) * world}", stacklevel=2)
     kw: dict[str, Any] = dict(
         output_dir=output_dir,
-        per_device_train_batch_size=max(1, train_cfg.batch_size // max(1, int(os.environ.get("WORLD_SIZE", "1")))),
+        use_cpu=not has_accelerator(),
+        per_device_train_batch_size=max(1, train_cfg.batch_size // world),
         learning_rate=learning_rate,
         max_steps=max(1, max_steps),
         seed=seed,
@@ -142,8 +212,8 @@ def training_arguments(output_dir: str, train_cfg: Any, *, learning_rate: float,
         length_column_name="length",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    if train_cfg.gradient_checkpointing:
-        kw["gradient_checkpointing"] = True
+    if train_cfg.gradient_checkpointing:  # transformers 5 renamed it; the old name warns
+        kw["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = True
     if train_cfg.group_by_length:
         if "train_sampling_strategy" in fields:
             kw["train_sampling_strategy"] = "group_by_length"
@@ -155,7 +225,13 @@ def training_arguments(output_dir: str, train_cfg: Any, *, learning_rate: float,
 
 @torch.inference_mode()
 def forward_rewards(model: torch.nn.Module, tokenizer: Any, formatter: InputFormatter, prompts: list[str], responses: list[str], batch_size: int = 64) -> np.ndarray:
-    """Rewards (logit 0) of a sequence-classification model, length-sorted batches, eval mode."""
+    """Rewards (logit 0) of a sequence-classification model, length-sorted batches, eval mode.
+
+    Under a launcher the batches are shared between the ranks (:func:`scpo.parallel.map_batches`)
+    and every rank returns every reward: a collective call, which every rank must make.
+    """
+    from .parallel import map_batches
+
     was_training = model.training
     model.eval()
     ids, tt, _ = formatter.encode(tokenizer, prompts, responses)
@@ -163,8 +239,8 @@ def forward_rewards(model: torch.nn.Module, tokenizer: Any, formatter: InputForm
     out = np.zeros(len(ids))
     coll = PairCollator(pad_token_id=tokenizer.pad_token_id or 0)
     device = next(model.parameters()).device
-    for s in range(0, len(order), batch_size):
-        b = order[s : s + batch_size]
+
+    def rewards(b: np.ndarray) -> np.ndarray:
         feats = [{"chosen_input_ids": ids[i], "rejected_input_ids": [], "weight": 0.0} for i in b]
         if tt is not None:
             for f, i in zip(feats, b):
@@ -172,8 +248,12 @@ def forward_rewards(model: torch.nn.Module, tokenizer: Any, formatter: InputForm
         batch = coll(feats)
         n = len(b)
         inputs = {k: v[:n].to(device) for k, v in batch.items() if k != "weight"}
-        out[b] = model(**inputs).logits[:, 0].float().cpu().numpy()
         log_work("eval_forward_passes", texts=n)
+        return model(**inputs).logits[:, :1].float().cpu().numpy()
+
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    for i, r in map_batches(batches, rewards, 1):
+        out[batches[i]] = r[:, 0]
     model.train(was_training)
     return out
 
@@ -209,7 +289,9 @@ class _ResumeCallback(TrainerCallback):
 
 def _is_main_process() -> bool:
     """Rank 0 (or a single process): the one that deletes or rewrites shared resume files."""
-    return int(os.environ.get("RANK", "0")) == 0
+    from .parallel import is_main_process
+
+    return is_main_process()
 
 
 def last_complete_checkpoint(out_dir: Path) -> tuple[Path | None, int]:
@@ -241,7 +323,7 @@ def job_fingerprint(exp: Any, key: str) -> str:
     import hashlib
 
     cfg = exp.cfg
-    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("cache_dir", "score_batch_size")}
+    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("cache_dir", "score_batch_size", "device")}
     irrelevant = ("methods", "seeds", "save_steps", "report_to", "dataloader_num_workers", "split_seeds",
                   "curve_fractions", "curve_methods", "sweep_taus", "sweep_betas")
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in irrelevant}
@@ -280,7 +362,13 @@ def _restore_saved_model(run_dir: Path, rec: dict[str, Any]) -> bool:
     return False
 
 
-def _make_model(rm: RewardModel, mode: str, train_cfg: Any, scratch: bool):
+def _make_model(rm: RewardModel, mode: str, train_cfg: Any, scratch: bool, seed: int = 0):
+    """The model one job trains: a copy of the global model (score layer zeroed for ``scratch``),
+    LoRA-wrapped in ``lora`` mode, dropout off unless ``disable_dropout`` is false.
+
+    LoRA's random initialisation is drawn from ``seed`` alone (not from whatever the global RNG went
+    through before), so a job starts from the same weights in any process count, order or resume.
+    """
     model = copy.deepcopy(rm.model)
     if scratch:
         _, layer = find_score_layer(model)
@@ -296,7 +384,13 @@ def _make_model(rm: RewardModel, mode: str, train_cfg: Any, scratch: bool):
             lora_dropout=train_cfg.lora_dropout, target_modules=train_cfg.lora_target_modules,
             modules_to_save=[rm.score_layer_name.split(".")[-1]],
         )
-        model = get_peft_model(model, cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = get_peft_model(model, cfg)
+    if train_cfg.disable_dropout:  # as TRL's disable_dropout_in_model: every nn.Dropout, LoRA's included
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     model.train()
     return model
 
@@ -376,7 +470,7 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
         """Train one model; ``job``/``fp`` (final fits only): checkpoint under ``out_dir`` and resume."""
         rng = np.random.default_rng(_stream("subset", g, seed, "final" if val_rows is None else 0))
         idx, wts = method_pairs(m, exp.delta[rows], cfg.select.tau, cfg.select.beta, rng)
-        model = _make_model(rm, tc.mode, tc, scratch=(m == "scratch"))
+        model = _make_model(rm, tc.mode, tc, scratch=(m == "scratch"), seed=seed)
         info = {"steps": max_steps, "steps_run": 0, "resumed_from_step": 0}
         if len(idx) == 0:
             return model, 0, 0.0, {}, info

@@ -1,0 +1,131 @@
+"""Several processes: where this process runs, and inference shared between the ranks.
+
+Under ``accelerate launch`` (or ``torchrun``) every process runs the whole pipeline; training is
+shared by the transformers ``Trainer`` (DDP, DeepSpeed, FSDP), and inference is shared here: the
+batches a call plans are dealt to the ranks in turn (batch ``i`` to rank ``i % world``), every
+rank computes its own, and an all-gather after each round of ``world`` batches gives every rank
+every result. The plan is the same on every rank (the same texts, sorted by length), so the
+results are those of one process, computed ``world`` times faster.
+
+One process (no launcher) runs everything itself and never touches ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["default_device", "has_accelerator", "init_distributed", "is_main_process", "map_batches",
+           "rank_and_world", "union_mask"]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment; (0, 1) for a single process."""
+    return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def is_main_process() -> bool:
+    """Rank 0, or a single process: the one that writes results, reports and shared caches."""
+    return rank_and_world()[0] == 0
+
+
+def has_accelerator() -> bool:
+    """True when torch sees a GPU (CUDA/ROCm), Apple MPS or Intel XPU."""
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
+def default_device() -> torch.device:
+    """This process's device: ``cuda:LOCAL_RANK`` on a GPU machine, else MPS or XPU, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return torch.device("xpu", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init_distributed() -> bool:
+    """Join the launcher's process group if there is one (gloo on CPU, the accelerator's backend else).
+
+    Done through accelerate's ``PartialState``, the same state the ``Trainer`` uses later. Returns
+    True when ``torch.distributed`` is initialised with more than one process.
+    """
+    _, world = rank_and_world()
+    if world <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=not has_accelerator())
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_device() -> torch.device:
+    import torch.distributed as dist
+
+    return default_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def union_mask(mask: np.ndarray) -> np.ndarray:
+    """The element-wise OR of a boolean mask over every rank (the mask itself for one process).
+
+    Ranks that must plan the same work (texts to compute) agree on it this way, even when their
+    views of a shared cache differ for a moment.
+    """
+    if not init_distributed():
+        return mask
+    import torch.distributed as dist
+
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8)).to(_gather_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu().numpy().astype(bool)
+
+
+def map_batches(
+    batches: Sequence[np.ndarray],
+    fn: Callable[[np.ndarray], np.ndarray],
+    width: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(i, fn(batches[i]))`` for every planned batch, each computed by one rank only.
+
+    ``fn`` maps a batch (an array of row indices) to float32 results ``[len(batch), width]``. With
+    one process this is a plain loop. With several, batch ``i`` is computed by rank
+    ``i % world`` and shared by an all-gather after each round of ``world`` batches, so every
+    rank yields every batch's results, in the same order. Every rank must call it with the same
+    plan (``len(batches)`` and each batch's length).
+    """
+    if not init_distributed():
+        for i, b in enumerate(batches):
+            yield i, fn(b)
+        return
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = _gather_device()
+    rows = max((len(b) for b in batches), default=0)
+    for start in range(0, len(batches), world):
+        mine = start + rank
+        buf = torch.zeros((rows, width), dtype=torch.float32)
+        if mine < len(batches):
+            out = np.asarray(fn(batches[mine]), dtype=np.float32).reshape(len(batches[mine]), width)
+            buf[: len(out)] = torch.from_numpy(out)
+        parts = [torch.empty((rows, width), dtype=torch.float32, device=device) for _ in range(world)]
+        dist.all_gather(parts, buf.to(device))
+        for r in range(world):
+            i = start + r
+            if i < len(batches):
+                yield i, parts[r][: len(batches[i])].cpu().numpy()
