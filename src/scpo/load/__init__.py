@@ -17,8 +17,10 @@ from .base import (
     add_split_column,
     assign_splits,
     check_pairs,
+    dictionary_codes,
     file_sha256,
     kfold_keys,
+    pair_table,
 )
 
 __all__ = [
@@ -27,9 +29,11 @@ __all__ = [
     "add_split_column",
     "assign_splits",
     "check_pairs",
+    "dictionary_codes",
     "file_sha256",
     "kfold_keys",
     "load_data",
+    "pair_table",
 ]
 
 
