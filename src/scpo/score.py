@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +60,17 @@ class FeatureCache:
     """On-disk cache of feature vectors keyed by text hash, for one model body + formatter.
 
     Shards are content-addressed (their name is a prefix of their sha256), so two processes that
-    share a cache directory never overwrite each other's shards with different content.
+    share a cache directory never overwrite each other's shards with different content. In memory
+    every shard stays its ``keys`` and ``features`` arrays, looked up through one sorted key array
+    (``numpy.searchsorted``); a key in several shards takes the features added last.
     """
 
     def __init__(self, root: str | Path, key: str):
         self.dir = Path(root) / "features" / key
-        self._mem: dict[str, np.ndarray] = {}
+        self._keys: list[np.ndarray] = []
+        self._feats: list[np.ndarray] = []
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        """(distinct keys sorted, each one's position in the concatenated shards), built on demand."""
         self._loaded = False
         self._dim: int | None = None
         self.corrupt_shards: list[str] = []
@@ -97,6 +102,12 @@ class FeatureCache:
             return f"its features have dimension {feats.shape[1]}, not {self._dim}"
         return keys, feats
 
+    def _add(self, keys: np.ndarray, feats: np.ndarray) -> None:
+        self._keys.append(keys)
+        self._feats.append(feats)
+        self._dim = feats.shape[1]
+        self._sorted = None
+
     def _load(self) -> None:
         if self._loaded:
             return
@@ -118,18 +129,44 @@ class FeatureCache:
                 shard.unlink(missing_ok=True)
                 shard.with_suffix(".sha256").unlink(missing_ok=True)
                 continue
-            keys, feats = got
-            self._dim = feats.shape[1]
-            for k, f in zip(keys.tolist(), feats):
-                self._mem[k] = f
+            self._add(*got)
         # checksum files whose shard is gone (a write killed between the two renames)
         for sig in self.dir.glob("shard-*.sha256"):
             if not sig.with_suffix(".npz").exists():
                 sig.unlink(missing_ok=True)
 
-    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+    def find(self, keys: Sequence[str]) -> np.ndarray:
+        """Where the cache holds each key's features (a position for :meth:`read`), -1 where it does not."""
         self._load()
-        return {k: self._mem[k] for k in keys if k in self._mem}
+        query = np.asarray(keys, dtype=str)
+        if self._sorted is None:
+            held = np.concatenate(self._keys) if self._keys else np.zeros(0, dtype=str)
+            uniq, last = np.unique(held[::-1], return_index=True)  # first seen in reverse: added last
+            self._sorted = (uniq, len(held) - 1 - last)
+        uniq, position = self._sorted
+        if not len(uniq):
+            return np.full(len(query), -1, dtype=np.int64)
+        i = np.minimum(np.searchsorted(uniq, query), len(uniq) - 1)
+        return np.where(uniq[i] == query, position[i], -1)
+
+    def read(self, positions: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
+        """``out[rows] =`` the features at ``positions`` (from :meth:`find`, none -1), a shard at a time."""
+        start = np.cumsum([0] + [len(k) for k in self._keys])
+        shard = np.searchsorted(start, positions, side="right") - 1
+        order = np.argsort(shard, kind="stable")
+        bounds = np.searchsorted(shard[order], np.arange(len(self._keys) + 1))
+        for s in range(len(self._keys)):
+            sel = order[bounds[s] : bounds[s + 1]]
+            if len(sel):
+                out[rows[sel]] = self._feats[s][positions[sel] - start[s]]
+
+    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The features of those ``keys`` the cache holds."""
+        positions = self.find(keys)
+        hit = np.flatnonzero(positions >= 0)
+        feats = np.empty((len(hit), self._dim or 0), dtype=np.float32)
+        self.read(positions[hit], feats, np.arange(len(hit)))
+        return {keys[i]: feats[j] for j, i in enumerate(hit)}
 
     def put(self, keys: list[str], feats: np.ndarray) -> None:
         """Write one shard atomically: its checksum file, then the shard (a shard without a
@@ -140,8 +177,9 @@ class FeatureCache:
         import io
 
         feats = np.asarray(feats, dtype=np.float32)
+        key_array = np.array(keys)
         buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys), features=feats)
+        np.savez(buf, keys=key_array, features=feats)
         data = buf.getvalue()
         digest = hashlib.sha256(data).hexdigest()
         shard = self.dir / f"shard-{digest[:24]}.npz"
@@ -149,9 +187,7 @@ class FeatureCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_bytes(shard.with_suffix(".sha256"), digest.encode())
             _atomic_write_bytes(shard, data)
-        self._dim = feats.shape[1]
-        for k, f in zip(keys, feats):
-            self._mem[k] = f
+        self._add(key_array, feats)
 
 
 class ScoreStats(dict):
