@@ -13,11 +13,14 @@ from __future__ import annotations
 from ..config import DataConfig
 from .base import (
     PAIR_COLUMNS,
+    PairRows,
     PreferenceData,
     add_split_column,
     assign_splits,
     check_pairs,
+    column_strings,
     dictionary_codes,
+    distinct_strings,
     file_sha256,
     kfold_keys,
     pair_table,
@@ -25,11 +28,14 @@ from .base import (
 
 __all__ = [
     "PAIR_COLUMNS",
+    "PairRows",
     "PreferenceData",
     "add_split_column",
     "assign_splits",
     "check_pairs",
+    "column_strings",
     "dictionary_codes",
+    "distinct_strings",
     "file_sha256",
     "kfold_keys",
     "load_data",

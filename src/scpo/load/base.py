@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
@@ -72,6 +72,13 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class PairRows(NamedTuple):
+    """Some rows of a pair table: ``pairs`` and the row numbers (into it) that are meant."""
+
+    pairs: datasets.Dataset
+    rows: np.ndarray
+
+
 def pair_table(pairs: datasets.Dataset) -> pa.Table:
     """The Arrow table of a data set's rows: zero copy (unless the data set holds an indices mapping)."""
     return pairs.with_format("arrow")[:]
@@ -88,6 +95,19 @@ def dictionary_codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Ar
     else:
         values, codes = enc.dictionary, enc.indices.to_numpy(zero_copy_only=False)
     return codes.astype(np.int64), values
+
+
+def column_strings(col: pa.ChunkedArray | pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
+    """A string column (or its ``rows``) as a numpy unicode array, through the column's distinct values."""
+    codes, values = dictionary_codes(col)
+    if rows is not None:
+        codes = codes[rows]
+    return np.asarray(values.to_pylist(), dtype=object)[codes].astype(str)
+
+
+def distinct_strings(pairs: datasets.Dataset, name: str) -> set[str]:
+    """The distinct values of one column of a data set."""
+    return set(pc.unique(pair_table(pairs).column(name)).to_pylist())
 
 
 def _first_blank(col: pa.ChunkedArray) -> int | None:
