@@ -55,7 +55,7 @@ def child(case: str, cache: str, out: str) -> None:
     wall = time.perf_counter() - t0
     print("BENCH " + json.dumps({
         "case": case, "wall_s": wall, "prepare_s": t_prep, "rest_s": wall - t_prep,
-        "pairs": len(exp.group), "texts": len(exp.prompts), "scored": exp.score_stats["computed"],
+        "pairs": len(exp.group), "texts": len(exp.text_index), "scored": exp.score_stats["computed"],
         "groups": len(exp.groups), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "scpo_all": res["summary"]["all_groups"]["scpo"]["all"], "full_all": res["summary"]["all_groups"]["full"]["all"],
     }))

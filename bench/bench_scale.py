@@ -5,10 +5,12 @@
 
 Writes a synthetic PRISM-like pair table (users in 40 groups of skewed sizes, each interaction a
 user prompt and 4 responses, all 6 pairs of them ordered by a rating) as an Arrow IPC file, a chunk
-at a time, then runs scpo's Arrow data path (:mod:`scpo.scale`): the table memory-mapped, distinct
-texts by dictionary encoding, features scored a chunk at a time into a memory-mapped ``.npy``, the
-global head, margins, then :func:`scpo.pipeline.fit_heads` (selection and batched head training,
-grid search on 3 folds) for every group. No stage holds the data as Python lists.
+at a time, memory-maps it (:func:`scpo.scale.open_pairs`) and runs the main pipeline on it:
+:func:`scpo.pipeline.prepare` (checks, split, distinct texts by dictionary encoding, features
+scored into a memory-mapped ``.npy`` and the feature cache, global head, margins), then
+:func:`scpo.pipeline.fit_heads` (selection and batched head training, grid search on 3 folds) for
+every group. No stage holds the data as Python lists. ``--warm`` runs ``prepare`` a second time,
+every feature then coming from the cache.
 
 Scoring 700,000 texts with the real encoder takes hours on this CPU, so the run scores with a tiny
 randomly initialised BERT (same architecture and tokenizer, hidden 32, 2 layers): the data and
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="torch threads (default 1: the tiny encoder's ops are too small for a second thread)")
     ap.add_argument("--real-sample", type=int, default=256, help="texts scored by the real encoder to extrapolate "
                     "its time (default 256; 0 = skip)")
+    ap.add_argument("--warm", action="store_true", help="then prepare again from the feature cache")
     ap.add_argument("--workdir", help="keep the Arrow file and features here (default: a temporary folder)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -97,8 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from scpo.config import RunConfig
-    from scpo.pipeline import fit_heads
-    from scpo.scale import distinct_texts, experiment, open_pairs, score_to_memmap, tiny_encoder
+    from scpo.load import PreferenceData
+    from scpo.pipeline import fit_heads, prepare
+    from scpo.scale import open_pairs, tiny_encoder
 
     torch.set_num_threads(args.threads)
     header(f"benchmark 5: scale ({args.responses:,} responses, {args.groups} groups), Arrow + memory-mapped path")
@@ -109,68 +113,82 @@ def main(argv: list[str] | None = None) -> dict:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         with PeakMemory() as pm:
+            def stage(name: str, t0: float) -> None:
+                times[name] = time.perf_counter() - t0
+                rss[name] = (PeakMemory.rss() / 2**30, pm.peak / 2**30)
+
             t = time.perf_counter()
             info = write_prism_like(work / "pairs.arrow", args.responses, args.groups, args.users)
-            times["generate (write Arrow file)"] = time.perf_counter() - t
-            rss["generate (write Arrow file)"] = (PeakMemory.rss() / 2**30, pm.peak / 2**30)
+            stage("generate (write Arrow file)", t)
             mem_gen = pm.peak_gib
 
             t = time.perf_counter()
-            pairs = open_pairs(work / "pairs.arrow")
-            index = distinct_texts(pairs)
-            times["load (memory-map) + distinct texts"] = time.perf_counter() - t
-            rss["load (memory-map) + distinct texts"] = (PeakMemory.rss() / 2**30, pm.peak / 2**30)
+            data = PreferenceData(name="prism-like-x10", pairs=open_pairs(work / "pairs.arrow"), split_unit="user",
+                                  default_groups=[f"country-{g:02d}" for g in range(args.groups)], synthetic=True)
+            stage("open (memory-map)", t)
 
             rm = tiny_encoder()
-            t = time.perf_counter()
-            feats, st = score_to_memmap(rm, index, work / "features.npy", batch_size=args.batch_size)
-            times["score (tiny encoder, to memmap)"] = time.perf_counter() - t
-            rss["score (tiny encoder, to memmap)"] = (PeakMemory.rss() / 2**30, pm.peak / 2**30)
-
             cfg = RunConfig().replace(methods=methods, seeds=list(range(args.seeds)), cache_dir=str(work / "cache"),
-                                      output_dir=str(work / "run"))
+                                      output_dir=str(work / "run"), score_batch_size=args.batch_size)
             t = time.perf_counter()
-            exp = experiment(cfg, pairs, index, feats, rm, name="prism-like-x10")
-            times["split + global head + margins"] = time.perf_counter() - t
-            rss["split + global head + margins"] = (PeakMemory.rss() / 2**30, pm.peak / 2**30)
+            exp = prepare(cfg, progress=False, rm=rm, data=data, features_file=work / "features.npy")
+            stage("prepare", t)
+            prepare_parts = dict(exp.timing_s)
+            st = exp.score_stats
 
             t = time.perf_counter()
             thetas, _ = fit_heads(exp, methods, list(range(args.seeds)), progress=False)
-            times["select + head training (grid + refit)"] = time.perf_counter() - t
-            rss["select + head training (grid + refit)"] = (PeakMemory.rss() / 2**30, pm.peak / 2**30)
-        total = sum(times.values())
-        print(f"   data: {info['pairs']:,} pairs, {info['interactions']:,} interactions, {len(index):,} distinct texts, "
+            stage("select + head training (grid + refit)", t)
+            if args.warm:
+                del exp
+                t = time.perf_counter()
+                warm = prepare(cfg, progress=False, rm=rm, data=data, features_file=work / "features-warm.npy")
+                stage("prepare again (warm feature cache)", t)
+                prepare_warm = dict(warm.timing_s)
+                exp = warm
+        total = sum(v for k, v in times.items() if not k.startswith("prepare again"))
+        n_texts = len(exp.text_index)
+        print(f"   data: {info['pairs']:,} pairs, {info['interactions']:,} interactions, {n_texts:,} distinct texts, "
               f"{len(exp.groups)} groups, {args.users:,} users; Arrow file {info['bytes'] / 2**20:,.0f} MiB")
-        print(f"   tokens scored: {st['tokens']:,} ({st['tokens'] / max(len(index), 1):.0f} per text), "
-              f"{st['forward_passes']:,} forward passes")
+        print(f"   scored {st['computed']:,} texts in {st['forward_passes']:,} forward passes "
+              f"({st['cached']:,} from the cache)")
         print(f"     {'stage':<42} {'wall':>9} {'RSS after':>10} {'peak so far':>12}")
         for k, v in times.items():
             print(f"     {k:<42} {v:7.1f} s {rss[k][0]:6.2f} GiB {rss[k][1]:8.2f} GiB")
+            parts = prepare_parts if k == "prepare" else prepare_warm if k.startswith("prepare again") else {}
+            for name, sec in parts.items():
+                print(f"       {name:<40} {sec:7.1f} s")
         print(f"   total {total:.1f} s ({total / 60:.1f} min); {len(thetas):,} head models")
         print(f"   peak memory: {pm.peak_gib:.2f} GiB sampled RSS (generation alone {mem_gen:.2f}), "
               f"ru_maxrss {pm.maxrss_gib:.2f} GiB; limit of this machine 24 GiB")
-        res = {"info": info, "texts": len(index), "tokens": st["tokens"], "times_s": times, "rss_gib": rss, "total_s": total,
-               "peak_rss_gib": pm.peak_gib, "maxrss_gib": pm.maxrss_gib, "threads": args.threads}
+        res = {"info": info, "texts": n_texts, "score_stats": dict(st), "times_s": times, "prepare_s": prepare_parts,
+               "rss_gib": rss, "total_s": total, "peak_rss_gib": pm.peak_gib, "maxrss_gib": pm.maxrss_gib,
+               "threads": args.threads}
+        if args.warm:
+            res["prepare_warm_s"] = prepare_warm
         if args.real_sample > 0:
             from _common import packaged_model_with_head
             from scpo.score import encode_features
 
             torch.set_num_threads(torch.get_num_threads() if args.threads > 1 else 2)
             real = packaged_model_with_head()
-            rows = np.linspace(0, len(index) - 1, args.real_sample).astype(np.int64)
-            p, r = index.texts(rows)
+            rows = np.linspace(0, n_texts - 1, args.real_sample).astype(np.int64)
+            p, r = exp.texts(rows)
             encode_features(real, p[:16], r[:16], cache=None, progress=False, kill_point=None)  # warm-up
             t = time.perf_counter()
             encode_features(real, p, r, batch_size=64, cache=None, progress=False, kill_point=None)
             dt = time.perf_counter() - t
             ids, _, _ = real.formatter.encode(real.tokenizer, p, r)
-            tok_s = sum(map(len, ids)) / dt
-            est = st["tokens"] / tok_s
+            sample_tokens = sum(map(len, ids))
+            tokens = sample_tokens / len(rows) * n_texts  # the sample's tokens per text, for every text
+            tok_s = sample_tokens / dt
+            est = tokens / tok_s
             print(f"   real encoder (all-MiniLM-L6-v2, {torch.get_num_threads()} threads) on {args.real_sample} of these "
-                  f"texts: {tok_s:,.0f} tokens/s -> scoring all {len(index):,} would take {est / 3600:.1f} h here; "
-                  f"features {len(index) * real.feature_dim * 4 / 2**30:.2f} GiB memmap, "
+                  f"texts ({sample_tokens / len(rows):.0f} tokens each): {tok_s:,.0f} tokens/s -> scoring all "
+                  f"{n_texts:,} (about {tokens / 1e6:.1f} M tokens) would take {est / 3600:.1f} h here; "
+                  f"features {n_texts * real.feature_dim * 4 / 2**30:.2f} GiB memmap, "
                   f"pair differences {len(exp.group) * real.feature_dim * 4 / 2**30:.2f} GiB in memory")
-            res.update(real_tokens_per_s=tok_s, real_scoring_estimate_h=est / 3600)
+            res.update(real_tokens_per_s=tok_s, real_tokens_estimate=tokens, real_scoring_estimate_h=est / 3600)
         footer()
     finally:
         if not args.workdir:

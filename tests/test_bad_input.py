@@ -455,3 +455,27 @@ def test_non_finite_features_from_the_model_stop_the_run(packaged_rm, monkeypatc
     with pytest.raises(ScpoError, match="data.csv, row 2: the global model produced non-finite features"):
         score.encode_features(packaged_rm, ["p", "q"], ["a", "b b b b b"], progress=False,
                               describe=lambda i: f"data.csv, row {i + 1}")
+
+
+@pytest.mark.parametrize(("column", "values", "row"), [
+    ("chosen", ["x", "y", " \t\n", "z"], 3),  # whitespace only
+    ("rejected", ["x", "y", "z", None], 4),  # missing
+    ("split_key", ["u", "u", "\u3000\u00a0", "u"], 3),  # Unicode spaces, as str.strip() sees them
+    ("group", [1, 2, 3, 4], 1),  # not text
+])
+def test_check_pairs_names_the_first_bad_row_of_the_first_bad_column(column, values, row):
+    import pyarrow as pa
+
+    from scpo.load import check_pairs
+
+    cols = {"pair_id": list("abcd"), "group": ["A"] * 4, "prompt": ["p"] * 4, "chosen": ["c"] * 4, "rejected": ["r"] * 4,
+            "split_key": ["k"] * 4, column: values}
+    table = pa.Table.from_batches([b for b in pa.table(cols).to_batches(max_chunksize=2)])  # two chunks
+    with pytest.raises(InputError) as e:
+        check_pairs(table, "pairs.jsonl")
+    assert str(e.value) == f"pairs.jsonl, row {row}, field {column!r}: empty or non-text value"
+    cols = {**cols, "prompt": ["p", "p", "", "p"]}  # an earlier column with a bad row is named first
+    with pytest.raises(InputError, match="row 3, field 'prompt'"):
+        check_pairs(pa.table(cols), "pairs.jsonl")
+    ok = {**cols, "prompt": ["p"] * 4, column: ["v"] * 4}
+    check_pairs(pa.table(ok), "pairs.jsonl")

@@ -87,3 +87,18 @@ def test_formatter_capped_by_model_context(packaged_rm):
     assert InputFormatter.for_tokenizer(packaged_rm.tokenizer, "auto", 4096, cfg).max_length == 128
     rob = SimpleNamespace(max_position_embeddings=514, model_type="roberta", pad_token_id=1)
     assert InputFormatter.for_tokenizer(packaged_rm.tokenizer, "auto", 4096, rob).max_length == 512
+
+
+def test_cache_lookup_across_shards(tmp_path):
+    cache = FeatureCache(tmp_path, "k")
+    cache.put(["b", "a"], np.array([[1, 1], [2, 2]], dtype=np.float32))
+    cache.put(["c", "a"], np.array([[3, 3], [4, 4]], dtype=np.float32))  # "a" again: the features added last win
+    for c, a in ((cache, [4, 4]), (FeatureCache(tmp_path, "k"), None)):  # in memory; read back (shards in name order)
+        positions = c.find(["a", "z", "c", "b"])
+        assert positions[1] == -1 and (positions[[0, 2, 3]] >= 0).all()
+        out = np.full((4, 2), -1, dtype=np.float32)
+        c.read(positions[[0, 2, 3]], out, np.array([0, 2, 3]))
+        assert out[1:].tolist() == [[-1, -1], [3, 3], [1, 1]] and out[0].tolist() in ([2, 2], [4, 4])
+        assert a is None or out[0].tolist() == a
+        got = {k: v.tolist() for k, v in c.get(["c", "a", "q"]).items()}
+        assert got == {"c": [3, 3], "a": out[0].tolist()}

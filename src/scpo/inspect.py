@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import numpy as np
-
 from .config import RunConfig, add_config_arguments, config_from_args
 
 __all__ = ["inspect_data", "register"]
@@ -20,13 +18,14 @@ __all__ = ["inspect_data", "register"]
 
 def inspect_data(cfg: RunConfig, score: bool = False, progress: bool = True) -> dict[str, Any]:
     """Per-group counts of the data ``cfg`` names (and, with ``score``, the selection)."""
-    from .load import load_data
+    from .load import column_strings, load_data, pair_table
     from .pipeline import _resolve_groups, split_data
 
     data = load_data(cfg.data)
     groups = _resolve_groups(data)
     pairs, _, _ = split_data(cfg, data)
-    g_arr, s_arr, k_arr = np.asarray(pairs["group"]), np.asarray(pairs["split"]), np.asarray(pairs["split_key"])
+    table = pair_table(pairs)
+    g_arr, s_arr, k_arr = (column_strings(table.column(c)) for c in ("group", "split", "split_key"))
     per_group_stats = data.stats.get("per_group", {})
     out: dict[str, Any] = {"dataset": data.name, "synthetic": data.synthetic, "split_unit": data.split_unit,
                            "groups": {}, "stats": {k: v for k, v in data.stats.items() if k != "per_group"}}

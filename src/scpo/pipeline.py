@@ -15,20 +15,53 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from .config import PACKAGED_MODEL, RunConfig
 from .errors import DataWarning, InputError
 from .evaluate import accuracy
-from .load import PreferenceData, add_split_column, assign_splits, check_pairs, kfold_keys, load_data
+from .load import (
+    PairRows,
+    PreferenceData,
+    add_split_column,
+    assign_splits,
+    check_pairs,
+    column_strings,
+    distinct_strings,
+    kfold_keys,
+    load_data,
+    pair_table,
+)
 from .model import RewardModel, load_reward_model
-from .score import FeatureCache, encode_features
+from .score import FeatureCache, TextIndex, distinct_texts, encode_features
 from .select import preference_probability, select_pairs
 from .train import HeadJob, grid_cells, method_pairs, train_heads, val_accuracy
 
 log = logging.getLogger("scpo")
 
 __all__ = ["Experiment", "prepare", "run"]
+
+_CHUNK = 1 << 15
+"""Pairs per chunk of the pair-difference and margin computations (bounded temporaries)."""
+
+
+def pair_differences(features: np.ndarray, chosen_row: np.ndarray, rejected_row: np.ndarray) -> np.ndarray:
+    """``features[chosen_row] - features[rejected_row]`` (float32), a chunk of pairs at a time into one array."""
+    out = np.empty((len(chosen_row), features.shape[1]), dtype=np.float32)
+    for s in range(0, len(chosen_row), _CHUNK):
+        np.subtract(features[chosen_row[s : s + _CHUNK]], features[rejected_row[s : s + _CHUNK]], out=out[s : s + _CHUNK])
+    return out
+
+
+def pair_margins(features: np.ndarray, chosen_row: np.ndarray, rejected_row: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Margins ``(f[chosen] - f[rejected]) @ weight`` of a linear head, in float64, a chunk of pairs at a time."""
+    w = np.asarray(weight, dtype=np.float64)
+    out = np.empty(len(chosen_row))
+    for s in range(0, len(chosen_row), _CHUNK):
+        c, r = chosen_row[s : s + _CHUNK], rejected_row[s : s + _CHUNK]
+        out[s : s + len(c)] = (features[c].astype(np.float64) - features[r]) @ w
+    return out
 
 
 @dataclass
@@ -42,32 +75,51 @@ class Experiment:
     split: np.ndarray
     split_key: np.ndarray
     chosen_row: np.ndarray
+    """Text row (of ``text_index`` and ``features``) of every pair's chosen response."""
     rejected_row: np.ndarray
     contested: np.ndarray | None
     oracle_margin: np.ndarray | None
-    prompts: list[str]
-    responses: list[str]
+    text_index: TextIndex
+    """Every distinct (prompt, response) scored: the group pairs' and the global model's."""
     features: np.ndarray
     rm: RewardModel
     global_info: dict[str, Any]
     delta: np.ndarray
     """Global model's margin of every pair."""
     score_stats: dict[str, Any] = field(default_factory=dict)
+    timing_s: dict[str, float] = field(default_factory=dict)
+    """Wall time of each part of :func:`prepare`."""
+    _diffs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The last :meth:`diffs`, with the arrays it was computed from (shared by ``dataclasses.replace`` copies)."""
+
+    def texts(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
+        """The (prompts, responses) of some text rows, as lists: call it one chunk of rows at a time."""
+        return self.text_index.texts(rows)
 
     def diffs(self) -> torch.Tensor:
-        return torch.from_numpy(self.features[self.chosen_row] - self.features[self.rejected_row])
+        """Every pair's chosen minus rejected features ``[pairs, dim]`` (float32), computed once.
+
+        Cached while ``features``, ``chosen_row`` and ``rejected_row`` are the same objects, so the
+        copies a sweep makes with another config share it, and a copy with other rows recomputes.
+        """
+        source = (self.features, self.chosen_row, self.rejected_row)
+        cached = self._diffs.get("source")
+        if cached is None or any(a is not b for a, b in zip(cached, source)):
+            self._diffs.clear()  # the previous array is freed before the next one is made
+            self._diffs.update(source=source, diffs=torch.from_numpy(pair_differences(*source)))
+        return self._diffs["diffs"]
 
 
 def _resolve_groups(data: PreferenceData) -> list[str]:
     """The groups to train: those the loader resolved from ``--groups``, else its defaults."""
-    present = set(data.pairs["group"])
+    present = distinct_strings(data.pairs, "group")
     groups = [g for g in (list(data.group_matches) or list(data.default_groups)) if g in present]
     if not groups:
         raise InputError(f"data set {data.name!r}: none of the requested groups has pairs", field="groups")
     return groups
 
 
-def split_data(cfg: RunConfig, data: PreferenceData):
+def split_data(cfg: RunConfig, data: PreferenceData) -> tuple[Any, PairRows | None, str]:
     """One partition of split keys, shared by every group and by the offline global model.
 
     Returns ``(pairs with a split column, the global model's training pairs or None, global_source)``.
@@ -83,9 +135,9 @@ def split_data(cfg: RunConfig, data: PreferenceData):
     if cfg.model.global_model == PACKAGED_MODEL and global_source == "none":
         raise InputError("the packaged global model needs training data: --global-source holdout or pooled", field="global_source")
     test_fraction = cfg.data.test_fraction if cfg.data.test_fraction is not None else data.default_test_fraction
-    keys = set(data.pairs["split_key"])
+    keys = distinct_strings(data.pairs, "split_key")
     if global_source == "pooled":
-        keys |= set(data.global_pairs["split_key"])
+        keys |= distinct_strings(data.global_pairs, "split_key")
     assignment = assign_splits(
         sorted(keys),
         seed=cfg.data.split_seed,
@@ -95,12 +147,15 @@ def split_data(cfg: RunConfig, data: PreferenceData):
     pairs = add_split_column(data.pairs, assignment)
     glob_pairs = None
     if global_source == "holdout":
-        split = np.asarray(pairs["split"])
-        glob_pairs = pairs.select(np.flatnonzero(split == "global"))  # every group, population mix
+        glob_pairs = PairRows(pairs, _rows_in_split(pairs, "global"))  # every group, population mix
     elif global_source == "pooled":
         gp = add_split_column(data.global_pairs, assignment)
-        glob_pairs = gp.select(np.flatnonzero(np.asarray(gp["split"]) == "train"))
+        glob_pairs = PairRows(gp, _rows_in_split(gp, "train"))
     return pairs, glob_pairs, global_source
+
+
+def _rows_in_split(pairs: Any, part: str) -> np.ndarray:
+    return np.flatnonzero(pc.equal(pair_table(pairs).column("split"), part).to_numpy())
 
 
 # --- reliability: helpers of prepare()'s input validation (owned by the reliability work) -------
@@ -121,7 +176,7 @@ def _data_file(data: PreferenceData) -> str:
 
 def _warn_groups_without_pairs(data: PreferenceData) -> None:
     """A requested group whose rows all became unusable (ties, identical texts...): warn, or fail if all did."""
-    present = set(data.pairs["group"])
+    present = distinct_strings(data.pairs, "group")
     requested = list(data.group_matches)
     per_group = data.stats.get("per_group", {}) if isinstance(data.stats, dict) else {}
 
@@ -154,33 +209,46 @@ def _warn_groups_after_split(groups: list[str], group: np.ndarray, split: np.nda
                               DataWarning, stacklevel=3)
 
 
-def _text_describer(data, pairs, glob_pairs, chosen_row, rejected_row, g_chosen, g_rejected):
-    """``describe(text_row)`` -> "file, row N, field 'F'" of the first pair holding that text."""
+def _text_describer(data: PreferenceData, parts: list[tuple[PairRows, np.ndarray, np.ndarray]]):
+    """``describe(text_row)`` -> "file, row N, field 'F'" of the first pair holding that text.
+
+    ``parts`` are ``(pairs and rows, chosen text rows, rejected text rows)``; without a
+    ``source_row`` column, N counts the part's rows.
+    """
     file = _data_file(data)
     cols = dict(getattr(data, "provenance", {}).get("columns") or {})
     response_field = {"ratings": cols.get("response", "response"), "prism": "model_response", "goqa": "options"}
 
     def describe(j: int) -> str:
-        for ds, crow, rrow in ((pairs, chosen_row, rejected_row), (glob_pairs, g_chosen, g_rejected)):
-            if ds is None or crow is None:
-                continue
+        for (ds, rows), crow, rrow in parts:
             for name, arr in (("chosen", crow), ("rejected", rrow)):
                 hit = np.flatnonzero(arr == j)
                 if len(hit):
                     i = int(hit[0])
-                    row = int(ds[i]["source_row"]) if "source_row" in ds.column_names else i + 1
+                    pair = ds[int(rows[i])]
+                    row = int(pair["source_row"]) if "source_row" in ds.column_names else i + 1
                     fld = response_field.get(data.name, cols.get(name, name))
-                    return f"{file}, row {row}, field {fld!r} (pair {ds[i]['pair_id']})"
+                    return f"{file}, row {row}, field {fld!r} (pair {pair['pair_id']})"
         return f"{file}, text {j + 1}"
 
     return describe
 # --- end reliability helpers -------------------------------------------------------------------
 
 
-def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None) -> Experiment:
-    """Steps 1-4: load and split the data, get the global model, score every text, compute margins."""
+def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None, *,
+            data: PreferenceData | None = None, features_file: str | Path | None = None) -> Experiment:
+    """Steps 1-4: load and split the data, get the global model, score every text, compute margins.
+
+    ``data``: already loaded data (e.g. a memory-mapped pair table, :func:`scpo.scale.open_pairs`)
+    instead of ``load_data(cfg.data)``. ``features_file``: write the features to this ``.npy`` file,
+    memory-mapped, instead of keeping them in memory. Every step reads the pairs as Arrow columns;
+    texts become Python strings only a chunk at a time.
+    """
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
     # 1. load
-    data = load_data(cfg.data)
+    if data is None:
+        data = load_data(cfg.data)
     if len(data.pairs) == 0:
         raise InputError(f"data set {data.name!r} has no pairs")
     check_pairs(data.pairs, data.name)
@@ -189,51 +257,46 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     # --- end reliability -------------------------------------------------------------------------
     groups = _resolve_groups(data)
     pairs, glob_pairs, global_source = split_data(cfg, data)
-    in_groups = np.isin(np.asarray(pairs["group"]), groups)
-    split = np.asarray(pairs["split"])
-    keep_rows = np.flatnonzero(in_groups & (split != "global"))
-    pairs = pairs.select(keep_rows)
+    table = pair_table(pairs)
+    keep_rows = np.flatnonzero(np.isin(column_strings(table.column("group")), groups)
+                               & pc.not_equal(table.column("split"), "global").to_numpy())
+    group, split = column_strings(table.column("group"), keep_rows), column_strings(table.column("split"), keep_rows)
     # --- reliability (input validation): a group with no training or no test pair after the split --
-    _warn_groups_after_split(groups, np.asarray(pairs["group"]), np.asarray(pairs["split"]))
+    _warn_groups_after_split(groups, group, split)
     # --- end reliability -------------------------------------------------------------------------
+    timing["load and split"] = time.perf_counter() - t
 
     # texts: every distinct (prompt, response) of the group pairs and the global pairs
-    index: dict[tuple[str, str], int] = {}
-    prompts: list[str] = []
-    responses: list[str] = []
-
-    def rows_of(ds, col: str) -> np.ndarray:
-        out = np.empty(len(ds), dtype=np.int64)
-        for i, (p, r) in enumerate(zip(ds["prompt"], ds[col])):
-            k = (p, r)
-            j = index.get(k)
-            if j is None:
-                j = index[k] = len(prompts)
-                prompts.append(p)
-                responses.append(r)
-            out[i] = j
-        return out
-
-    chosen_row, rejected_row = rows_of(pairs, "chosen"), rows_of(pairs, "rejected")
-    g_chosen = g_rejected = None
+    t = time.perf_counter()
+    sources = [(PairRows(pairs, keep_rows), table)]  # (pairs and rows, their Arrow table)
     if glob_pairs is not None:
-        g_chosen, g_rejected = rows_of(glob_pairs, "chosen"), rows_of(glob_pairs, "rejected")
+        sources.append((glob_pairs, table if glob_pairs.pairs is pairs else pair_table(glob_pairs.pairs)))
+    text_index, text_rows = distinct_texts([(tab, pr.rows) for pr, tab in sources])
+    chosen_row, rejected_row = text_rows[0]
+    g_chosen, g_rejected = text_rows[1] if glob_pairs is not None else (None, None)
+    timing["distinct texts"] = time.perf_counter() - t
 
     # 2. the global model
     if rm is None:
         rm = load_reward_model(cfg.model)
     # 3. score (features, cached)
+    t = time.perf_counter()
     cache = FeatureCache(cfg.model.cache_dir, rm.feature_key())
+    out = None
+    if features_file is not None:
+        out = np.lib.format.open_memmap(features_file, mode="w+", dtype=np.float32, shape=(len(text_index), rm.feature_dim))
     # --- reliability: truncation warnings name the file, row and field of the first truncated text --
-    describe = _text_describer(data, pairs, glob_pairs, chosen_row, rejected_row, g_chosen, g_rejected)
-    feats, stats = encode_features(rm, prompts, responses, batch_size=cfg.model.score_batch_size, cache=cache,
+    describe = _text_describer(data, [(pr, c, r) for (pr, _), (c, r) in zip(sources, text_rows)])
+    feats, stats = encode_features(rm, texts=text_index, out=out, batch_size=cfg.model.score_batch_size, cache=cache,
                                    progress=progress, describe=describe)
     # --- end reliability -------------------------------------------------------------------------
     stats = dict(stats)
     stats["corrupt_cache_shards"] = list(cache.corrupt_shards)
+    timing["score"] = time.perf_counter() - t
+    t = time.perf_counter()
     global_info: dict[str, Any] = {"model": rm.name, "source": global_source, "formatter": rm.formatter.to_dict()}
     if cfg.model.global_model == PACKAGED_MODEL:
-        gd = torch.from_numpy(feats[g_chosen] - feats[g_rejected])
+        gd = torch.from_numpy(pair_differences(feats, g_chosen, g_rejected))
         job = HeadJob(
             train_idx=np.arange(len(gd)), weights=np.ones(len(gd)), init=np.zeros(rm.feature_dim),
             anchor=np.zeros(rm.feature_dim), lr=cfg.train.global_learning_rate, pull=0.0, stream=12345,
@@ -247,18 +310,22 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
             else "population pairs (mean distribution over countries) of train split keys only",
             train_accuracy=accuracy((gd @ torch.from_numpy(w)).numpy()),
         )
+        del gd
     else:
         global_info.update(trained_on="pretrained reward model (its own training data)")
     global_info["fingerprint"] = rm.fingerprint()
     w, _ = rm.head_params()
-    delta = (feats[chosen_row].astype(np.float64) - feats[rejected_row]) @ w.numpy().astype(np.float64)
+    delta = pair_margins(feats, chosen_row, rejected_row, w.numpy())
+    timing["global head and margins"] = time.perf_counter() - t
+
+    def optional(name: str, dtype: type) -> np.ndarray | None:
+        return np.asarray(table.column(name).to_numpy()[keep_rows], dtype=dtype) if name in table.column_names else None
+
     return Experiment(
-        cfg=cfg, data=data, groups=groups, group=np.asarray(pairs["group"]), split=np.asarray(pairs["split"]),
-        split_key=np.asarray(pairs["split_key"]), chosen_row=chosen_row, rejected_row=rejected_row,
-        contested=np.asarray(pairs["contested"], dtype=bool) if "contested" in pairs.column_names else None,
-        oracle_margin=np.asarray(pairs["oracle_margin"], dtype=float) if "oracle_margin" in pairs.column_names else None,
-        prompts=prompts, responses=responses, features=feats, rm=rm, global_info=global_info, delta=delta,
-        score_stats=stats,
+        cfg=cfg, data=data, groups=groups, group=group, split=split,
+        split_key=column_strings(table.column("split_key"), keep_rows), chosen_row=chosen_row, rejected_row=rejected_row,
+        contested=optional("contested", bool), oracle_margin=optional("oracle_margin", float), text_index=text_index,
+        features=feats, rm=rm, global_info=global_info, delta=delta, score_stats=stats, timing_s=timing,
     )
 
 
@@ -332,13 +399,12 @@ def fit_heads(exp: Experiment, methods: list[str], seeds: list[int], progress: b
     if search:
         jobs, keys = [], []
         for g in exp.groups:
-            train_m = (exp.group == g) & (exp.split == "train")
-            gkeys = sorted(set(exp.split_key[train_m]))
-            folds = kfold_keys(gkeys, tc.val_folds, seed=cfg.data.split_seed)
+            train_rows = np.flatnonzero((exp.group == g) & (exp.split == "train"))
+            train_keys = exp.split_key[train_rows]
+            folds = kfold_keys(sorted(set(train_keys)), tc.val_folds, seed=cfg.data.split_seed)
             for fi, fold in enumerate(folds):
-                val_m = train_m & np.isin(exp.split_key, fold)
-                fit_rows = np.flatnonzero(train_m & ~val_m)
-                val_rows = np.flatnonzero(val_m)
+                in_fold = np.isin(train_keys, fold)  # the group's rows only: split keys are strings
+                fit_rows, val_rows = train_rows[~in_fold], train_rows[in_fold]
                 for m in trained:
                     for seed in seeds:
                         for ci, (lr, pull) in enumerate(cells):

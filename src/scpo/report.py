@@ -666,11 +666,11 @@ def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) 
             shutil.copytree(str(path), str(tmp / name), copy_function=_link_or_copy)
     # a reference set of texts on which serving centres and scales every model's rewards
     rng = np.random.default_rng(0)
-    n = len(exp.prompts)
+    n = len(exp.text_index)
     pick = np.sort(rng.choice(n, size=min(512, n), replace=False))
     with open(tmp / "reference.jsonl", "w", encoding="utf-8") as f:
-        for i in pick:
-            f.write(json.dumps({"prompt": exp.prompts[i], "response": exp.responses[i]}) + "\n")
+        for prompt, response in zip(*exp.texts(pick)):
+            f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
     calibration = None
     if results["mode"] == "head":
         # the reference texts' features are in memory: store the serving calibration now

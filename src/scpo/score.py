@@ -6,6 +6,11 @@ in batches of texts sorted by length with dynamic padding (no padding to a fixed
 results are cached on disk keyed by the model's body fingerprint and a hash of each text, so a
 second run (another tau or beta, another method) runs no forward pass at all.
 
+Texts come as a :class:`TextIndex`: the distinct (prompt, response) of a pair table as codes into
+Arrow arrays of distinct prompts and responses (:func:`distinct_texts`, by dictionary encoding
+and ``numpy.unique``); they become Python strings only :data:`TOKENIZE_CHUNK` texts at a time,
+and their token ids are kept in flat integer arrays, not a Python list per text.
+
 Cache layout (``cache_dir/features/<feature_key>/``): shards ``shard-<sha256 prefix>.npz`` holding
 ``keys`` (text hashes) and ``features`` (float32), each with a ``.sha256`` file holding the full
 checksum. Shards are written atomically (temporary name, then rename) every ``flush_every``
@@ -22,24 +27,31 @@ and its features are bit-identical on the same machine.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
 from .errors import CacheCorruptWarning, ScpoError, TruncationWarning
+from .load.base import dictionary_codes
 from .model import RewardModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureCache", "ScoreStats", "encode_features", "text_key"]
+__all__ = ["FeatureCache", "ScoreStats", "TextIndex", "distinct_texts", "encode_features", "text_key"]
 
 FORWARD_PASSES = {"count": 0}
 """Process-wide count of model forward passes made by :func:`encode_features` (for tests)."""
+
+TOKENIZE_CHUNK = 16384
+"""Texts made Python strings and tokenised at a time by :func:`encode_features`."""
 
 
 def text_key(prompt: str, response: str) -> str:
@@ -48,6 +60,90 @@ def text_key(prompt: str, response: str) -> str:
     h.update(b"\x1e")
     h.update(response.encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:32]
+
+
+@dataclass
+class TextIndex:
+    """Distinct (prompt, response) texts, as codes into Arrow arrays of distinct prompts and responses."""
+
+    prompts: pa.Array
+    """Distinct prompt strings."""
+    responses: pa.Array
+    """Distinct response strings."""
+    text_prompt: np.ndarray
+    """Prompt code of every text."""
+    text_response: np.ndarray
+    """Response code of every text."""
+
+    def __len__(self) -> int:
+        return len(self.text_prompt)
+
+    def texts(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
+        """The (prompts, responses) of some text rows, as Python lists (one chunk at a time)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        p = self.prompts.take(pa.array(self.text_prompt[rows])).to_pylist()
+        r = self.responses.take(pa.array(self.text_response[rows])).to_pylist()
+        return p, r
+
+    @classmethod
+    def of_lists(cls, prompts: Sequence[str], responses: Sequence[str]) -> tuple[TextIndex, np.ndarray, np.ndarray]:
+        """``(index, text row of every input, first input of every text)`` of row-aligned lists."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        p_codes, p_values = dictionary_codes(pa.array(prompts, pa.string()))
+        r_codes, r_values = dictionary_codes(pa.array(responses, pa.string()))
+        return _number_texts(p_codes, r_codes, p_values, r_values)
+
+
+def _number_texts(prompt_codes: np.ndarray, response_codes: np.ndarray, prompts: pa.Array,
+                  responses: pa.Array) -> tuple[TextIndex, np.ndarray, np.ndarray]:
+    """Distinct (prompt code, response code) occurrences, numbered in order of first appearance:
+    ``(index, text row of every occurrence, first occurrence of every text)``."""
+    n_resp = max(len(responses), 1)
+    key = prompt_codes * n_resp + response_codes
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq))
+    ordered = uniq[order]
+    index = TextIndex(prompts=prompts, responses=responses, text_prompt=ordered // n_resp,
+                      text_response=ordered % n_resp)
+    return index, rank[inverse.reshape(-1)], first[order]
+
+
+def distinct_texts(parts: Sequence[tuple[pa.Table, np.ndarray | None]]) -> tuple[TextIndex, list[tuple[np.ndarray, np.ndarray]]]:
+    """Every distinct (prompt, response) of some rows of pair tables, and each such row's chosen and
+    rejected text row, by Arrow dictionary encoding and ``numpy.unique`` (no Python loop over rows).
+
+    ``parts`` are ``(table, rows)`` (``rows=None``: every row); a table given in several parts is
+    encoded once. Texts are numbered in order of first appearance: the first part's chosen texts,
+    its rejected texts, then the next part's. Returns ``(index, [(chosen_row, rejected_row)] per part)``.
+    """
+    tables: list[pa.Table] = []
+    for table, _ in parts:
+        if not any(table is t for t in tables):
+            tables.append(table)
+    p_codes, prompts = dictionary_codes(pa.chunked_array(
+        [c for t in tables for c in t.column("prompt").chunks], type=tables[0].column("prompt").type))
+    r_codes, responses = dictionary_codes(pa.chunked_array(
+        [c for t in tables for name in ("chosen", "rejected") for c in t.column(name).chunks],
+        type=tables[0].column("chosen").type))
+    start = np.cumsum([0] + [t.num_rows for t in tables])  # of each table's prompts; x2 for its responses
+    occ_p, occ_r, sizes = [], [], []
+    for table, rows in parts:
+        k = next(i for i, t in enumerate(tables) if t is table)
+        n = table.num_rows
+        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        p = p_codes[start[k] + rows]
+        occ_p += [p, p]
+        occ_r += [r_codes[2 * start[k] + rows], r_codes[2 * start[k] + n + rows]]
+        sizes.append(len(rows))
+    index, text_row, _ = _number_texts(np.concatenate(occ_p), np.concatenate(occ_r), prompts, responses)
+    rows_of, s = [], 0
+    for m in sizes:
+        rows_of.append((text_row[s : s + m], text_row[s + m : s + 2 * m]))
+        s += 2 * m
+    return index, rows_of
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -60,12 +156,17 @@ class FeatureCache:
     """On-disk cache of feature vectors keyed by text hash, for one model body + formatter.
 
     Shards are content-addressed (their name is a prefix of their sha256), so two processes that
-    share a cache directory never overwrite each other's shards with different content.
+    share a cache directory never overwrite each other's shards with different content. In memory
+    every shard stays its ``keys`` and ``features`` arrays, looked up through one sorted key array
+    (``numpy.searchsorted``); a key in several shards takes the features added last.
     """
 
     def __init__(self, root: str | Path, key: str):
         self.dir = Path(root) / "features" / key
-        self._mem: dict[str, np.ndarray] = {}
+        self._keys: list[np.ndarray] = []
+        self._feats: list[np.ndarray] = []
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        """(distinct keys sorted, each one's position in the concatenated shards), built on demand."""
         self._loaded = False
         self._dim: int | None = None
         self.corrupt_shards: list[str] = []
@@ -97,6 +198,12 @@ class FeatureCache:
             return f"its features have dimension {feats.shape[1]}, not {self._dim}"
         return keys, feats
 
+    def _add(self, keys: np.ndarray, feats: np.ndarray) -> None:
+        self._keys.append(keys)
+        self._feats.append(feats)
+        self._dim = feats.shape[1]
+        self._sorted = None
+
     def _load(self) -> None:
         if self._loaded:
             return
@@ -118,18 +225,44 @@ class FeatureCache:
                 shard.unlink(missing_ok=True)
                 shard.with_suffix(".sha256").unlink(missing_ok=True)
                 continue
-            keys, feats = got
-            self._dim = feats.shape[1]
-            for k, f in zip(keys.tolist(), feats):
-                self._mem[k] = f
+            self._add(*got)
         # checksum files whose shard is gone (a write killed between the two renames)
         for sig in self.dir.glob("shard-*.sha256"):
             if not sig.with_suffix(".npz").exists():
                 sig.unlink(missing_ok=True)
 
-    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+    def find(self, keys: Sequence[str]) -> np.ndarray:
+        """Where the cache holds each key's features (a position for :meth:`read`), -1 where it does not."""
         self._load()
-        return {k: self._mem[k] for k in keys if k in self._mem}
+        query = np.asarray(keys, dtype=str)
+        if self._sorted is None:
+            held = np.concatenate(self._keys) if self._keys else np.zeros(0, dtype=str)
+            uniq, last = np.unique(held[::-1], return_index=True)  # first seen in reverse: added last
+            self._sorted = (uniq, len(held) - 1 - last)
+        uniq, position = self._sorted
+        if not len(uniq):
+            return np.full(len(query), -1, dtype=np.int64)
+        i = np.minimum(np.searchsorted(uniq, query), len(uniq) - 1)
+        return np.where(uniq[i] == query, position[i], -1)
+
+    def read(self, positions: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
+        """``out[rows] =`` the features at ``positions`` (from :meth:`find`, none -1), a shard at a time."""
+        start = np.cumsum([0] + [len(k) for k in self._keys])
+        shard = np.searchsorted(start, positions, side="right") - 1
+        order = np.argsort(shard, kind="stable")
+        bounds = np.searchsorted(shard[order], np.arange(len(self._keys) + 1))
+        for s in range(len(self._keys)):
+            sel = order[bounds[s] : bounds[s + 1]]
+            if len(sel):
+                out[rows[sel]] = self._feats[s][positions[sel] - start[s]]
+
+    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The features of those ``keys`` the cache holds."""
+        positions = self.find(keys)
+        hit = np.flatnonzero(positions >= 0)
+        feats = np.empty((len(hit), self._dim or 0), dtype=np.float32)
+        self.read(positions[hit], feats, np.arange(len(hit)))
+        return {keys[i]: feats[j] for j, i in enumerate(hit)}
 
     def put(self, keys: list[str], feats: np.ndarray) -> None:
         """Write one shard atomically: its checksum file, then the shard (a shard without a
@@ -140,8 +273,9 @@ class FeatureCache:
         import io
 
         feats = np.asarray(feats, dtype=np.float32)
+        key_array = np.array(keys)
         buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys), features=feats)
+        np.savez(buf, keys=key_array, features=feats)
         data = buf.getvalue()
         digest = hashlib.sha256(data).hexdigest()
         shard = self.dir / f"shard-{digest[:24]}.npz"
@@ -149,9 +283,7 @@ class FeatureCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_bytes(shard.with_suffix(".sha256"), digest.encode())
             _atomic_write_bytes(shard, data)
-        self._dim = feats.shape[1]
-        for k, f in zip(keys, feats):
-            self._mem[k] = f
+        self._add(key_array, feats)
 
 
 class ScoreStats(dict):
@@ -167,39 +299,80 @@ def _capture_features(rm: RewardModel):
     return store, rm.score_layer.register_forward_hook(hook)
 
 
+def _flat(seqs: list[list[int]], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """``(every sequence's items one after another, each sequence's length)``."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    return np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(lengths.sum())), lengths
+
+
+@dataclass
+class _Tokens:
+    """Token ids of many texts in flat arrays (Python lists of ints would take about 10x the memory)."""
+
+    ids: np.ndarray
+    types: np.ndarray | None
+    offsets: np.ndarray
+    """Text ``i``'s tokens are ``ids[offsets[i]:offsets[i + 1]]``."""
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def batch(self, rows: np.ndarray, pad: int) -> dict[str, torch.Tensor]:
+        """Model inputs of some texts, right-padded to the longest of them."""
+        start, n = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+        col = np.arange(int(n.max()))
+        mask = col < n[:, None]
+        at = np.where(mask, start[:, None] + col, 0)
+        inputs = {"input_ids": torch.from_numpy(np.where(mask, self.ids[at], pad).astype(np.int64)),
+                  "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+        if self.types is not None:
+            inputs["token_type_ids"] = torch.from_numpy(np.where(mask, self.types[at], 0).astype(np.int64))
+        return inputs
+
+
+def _tokenize(rm: RewardModel, texts: TextIndex) -> tuple[list[str], _Tokens, int]:
+    """Every text's cache key and tokens (the model's input formatter), :data:`TOKENIZE_CHUNK`
+    texts at a time, and the number of truncated texts."""
+    keys: list[str] = []
+    ids, types, lengths = [], [], []
+    n_trunc = 0
+    for c0 in range(0, len(texts), TOKENIZE_CHUNK):
+        prompts, responses = texts.texts(np.arange(c0, min(c0 + TOKENIZE_CHUNK, len(texts))))
+        keys.extend(map(text_key, prompts, responses))
+        chunk_ids, chunk_types, chunk_trunc = rm.formatter.encode(rm.tokenizer, prompts, responses)
+        n_trunc += chunk_trunc
+        flat, n = _flat(chunk_ids, np.int32)
+        ids.append(flat)
+        lengths.append(n)
+        if chunk_types is not None:
+            types.append(_flat(chunk_types, np.int8)[0])
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+    return keys, _Tokens(np.concatenate(ids), np.concatenate(types) if types else None, offsets), n_trunc
+
+
 @torch.inference_mode()
-def _forward_features(rm: RewardModel, batch_ids: list[list[int]], batch_tt: list[list[int]] | None, device: torch.device) -> np.ndarray:
-    pad = rm.tokenizer.pad_token_id or 0
-    T = max(len(x) for x in batch_ids)
-    ids = torch.full((len(batch_ids), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), T), dtype=torch.long)
-    for i, x in enumerate(batch_ids):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if batch_tt is not None:
-        tt = torch.zeros_like(ids)
-        for i, x in enumerate(batch_tt):
-            tt[i, : len(x)] = torch.tensor(x)
-        inputs["token_type_ids"] = tt.to(device)
+def _forward_features(rm: RewardModel, inputs: dict[str, torch.Tensor], device: torch.device) -> np.ndarray:
     store, handle = _capture_features(rm)
     try:
-        rm.model(**inputs)
+        rm.model(**{k: v.to(device) for k, v in inputs.items()})
     finally:
         handle.remove()
     FORWARD_PASSES["count"] += 1
     x = store["x"]
     if x.dim() == 3:  # decoder reward models score the last non-padding token
-        last = mask.sum(1).to(x.device) - 1
+        last = inputs["attention_mask"].sum(1).to(x.device) - 1
         x = x[torch.arange(x.shape[0], device=x.device), last]
     return x.float().cpu().numpy()
 
 
 def encode_features(
     rm: RewardModel,
-    prompts: list[str],
-    responses: list[str],
+    prompts: Sequence[str] | None = None,
+    responses: Sequence[str] | None = None,
     *,
+    texts: TextIndex | None = None,
+    out: np.ndarray | None = None,
     batch_size: int = 64,
     cache: FeatureCache | None = None,
     progress: bool = True,
@@ -209,6 +382,9 @@ def encode_features(
 ) -> tuple[np.ndarray, ScoreStats]:
     """Features (score-layer inputs) of every (prompt, response), row-aligned with the input.
 
+    The input is row-aligned ``prompts`` and ``responses`` lists, or a :class:`TextIndex` ``texts``
+    (the result's rows are then its text rows). ``out`` (float32 ``[rows, dim]``, e.g. a
+    ``numpy.lib.format.open_memmap``) receives the features instead of a new array and is returned.
     Distinct inputs are computed once; cached ones are not recomputed. Rewards are
     ``features @ w + b`` with the score layer's (w, b): see :func:`rewards_from_features`.
     Inputs longer than the formatter's ``max_length`` are truncated, counted in
@@ -217,62 +393,78 @@ def encode_features(
     """
     from .reliability import log_work, maybe_kill
 
-    keys = [text_key(p, r) for p, r in zip(prompts, responses)]
-    first: dict[str, int] = {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
-    distinct = list(first)
-    found = cache.get(distinct) if cache is not None else {}
-    todo = {k for k in distinct if k not in found}
-    stats = ScoreStats(texts=len(keys), distinct=len(distinct), cached=len(distinct) - len(todo), computed=len(todo),
-                       truncated=0, forward_passes=0)
-    computed: dict[str, np.ndarray] = {}
-    if distinct:
+    first_input = None
+    if texts is None:
+        if prompts is None or responses is None:
+            raise TypeError("encode_features needs prompts and responses, or texts")
+        texts, input_text, first_input = TextIndex.of_lists(prompts, responses)
+        n_rows = len(input_text)
+    else:
+        n_rows = len(texts)
+    dim = rm.feature_dim
+    if out is not None and (out.shape != (n_rows, dim) or out.dtype != np.float32):
+        raise ValueError(f"out must be float32 of shape {(n_rows, dim)}, not {out.dtype} of shape {out.shape}")
+
+    def where(j: int) -> str:
+        """The caller's description of text row ``j`` (of its first input row)."""
+        row = j if first_input is None else int(first_input[j])
+        return describe(row) if describe is not None else f"input {row + 1}"
+
+    n = len(texts)
+    feats = out if out is not None and first_input is None else np.empty((n, dim), dtype=np.float32)
+    stats = ScoreStats(texts=n_rows, distinct=n, cached=0, computed=n, truncated=0, forward_passes=0)
+    if n:
         # every distinct input is tokenised (cheap), so that truncation is counted whatever the cache
         # holds and the batches are the same as an uncached run's
-        rows = [first[k] for k in distinct]
-        ids, tt, n_trunc = rm.formatter.encode(rm.tokenizer, [prompts[i] for i in rows], [responses[i] for i in rows])
-        stats["truncated"] = n_trunc
+        keys, tokens, n_trunc = _tokenize(rm, texts)
+        todo = np.ones(n, dtype=bool)
+        if cache is not None:
+            positions = cache.find(keys)
+            hit = np.flatnonzero(positions >= 0)
+            cache.read(positions[hit], feats, hit)
+            todo[hit] = False
+        stats.update(cached=n - int(todo.sum()), computed=int(todo.sum()), truncated=n_trunc)
         if n_trunc:
-            _warn_truncation(rm, prompts, responses, rows, ids, n_trunc, describe)
-    if todo:
+            _warn_truncation(rm, texts, tokens.lengths, n_trunc, where)
+    if stats["computed"]:
         rm.model.eval()
         device = next(rm.model.parameters()).device
-        order = np.argsort([len(x) for x in ids], kind="stable")[::-1]  # longest first: fail fast on memory
-        pending_k, pending_f = [], []
-        bar = tqdm(total=len(todo), desc="scoring", unit="text", disable=not progress, leave=False)
+        pad = rm.tokenizer.pad_token_id or 0
+        order = np.argsort(tokens.lengths, kind="stable")[::-1]  # longest first: fail fast on memory
+        pending_rows, pending_f = [], []
+        bar = tqdm(total=stats["computed"], desc="scoring", unit="text", disable=not progress, leave=False)
         n_batches = 0
-        for s in range(0, len(order), batch_size):
-            b = [i for i in order[s : s + batch_size] if distinct[i] in todo]
-            if not b:  # the whole planned batch is cached
+        for s in range(0, n, batch_size):
+            b = order[s : s + batch_size]
+            b = b[todo[b]]
+            if not len(b):  # the whole planned batch is cached
                 continue
-            feats = _forward_features(rm, [ids[i] for i in b], None if tt is None else [tt[i] for i in b], device)
-            if not np.isfinite(feats).all():
-                bad = b[int(np.flatnonzero(~np.isfinite(feats).all(1))[0])]
-                where = describe(rows[bad]) if describe else f"input {rows[bad] + 1}"
+            f = _forward_features(rm, tokens.batch(b, pad), device)
+            if not np.isfinite(f).all():
+                bad = int(b[np.flatnonzero(~np.isfinite(f).all(1))[0]])
                 raise ScpoError(
-                    f"{where}: the global model produced non-finite features (NaN or inf); try --torch-dtype float32"
+                    f"{where(bad)}: the global model produced non-finite features (NaN or inf); try --torch-dtype float32"
                 )
             n_batches += 1
             log_work("scoring_forward_passes", texts=len(b))
-            for j, i in enumerate(b):
-                computed[distinct[i]] = feats[j]
-                pending_k.append(distinct[i])
-                pending_f.append(feats[j])
+            feats[b] = f
+            pending_rows.append(b)
+            pending_f.append(f)
             bar.update(len(b))
             if cache is not None and n_batches % flush_every == 0:
-                cache.put(pending_k, np.stack(pending_f))
-                pending_k, pending_f = [], []
+                cache.put([keys[i] for i in np.concatenate(pending_rows)], np.concatenate(pending_f))
+                pending_rows, pending_f = [], []
                 if kill_point:
                     maybe_kill(kill_point)
         bar.close()
-        if cache is not None and pending_k:
-            cache.put(pending_k, np.stack(pending_f))
+        if cache is not None and pending_rows:
+            cache.put([keys[i] for i in np.concatenate(pending_rows)], np.concatenate(pending_f))
         stats["forward_passes"] = n_batches
-    dim = rm.feature_dim
-    out = np.empty((len(keys), dim), dtype=np.float32)
-    for i, k in enumerate(keys):
-        out[i] = found[k] if k in found else computed[k]
+    if first_input is None:
+        return feats, stats
+    if out is None:
+        return feats[input_text], stats
+    out[...] = feats[input_text]
     return out, stats
 
 
@@ -284,20 +476,18 @@ def _untruncated_lengths(rm: RewardModel, prompts: list[str], responses: list[st
     return [len(x) for x in tok(prompts, responses, truncation=False)["input_ids"]]
 
 
-def _warn_truncation(rm: RewardModel, prompts: list[str], responses: list[str], rows: list[int],
-                     ids: list[list[int]], n_trunc: int, describe: Callable[[int], str] | None) -> None:
-    """One warning for every truncated input of a call, naming the first one and the longest."""
+def _warn_truncation(rm: RewardModel, texts: TextIndex, lengths: np.ndarray, n_trunc: int,
+                     where: Callable[[int], str]) -> None:
+    """One warning for every truncated text of a call, naming the first one (``where(row)``) and the longest."""
     max_len = rm.formatter.max_length
-    cand = [j for j, x in enumerate(ids) if len(x) >= max_len]  # truncated inputs are exactly max_length long
-    lengths = _untruncated_lengths(rm, [prompts[rows[j]] for j in cand], [responses[rows[j]] for j in cand]) if cand else []
-    over = [(j, n) for j, n in zip(cand, lengths) if n > max_len]
+    cand = np.flatnonzero(lengths >= max_len)  # truncated inputs are exactly max_length long
+    full = _untruncated_lengths(rm, *texts.texts(cand)) if len(cand) else []
+    over = [(int(j), n) for j, n in zip(cand, full) if n > max_len]
     detail = ""
     if over:
-        first_row = rows[over[0][0]]
-        where = describe(first_row) if describe is not None else f"input {first_row + 1}"
-        detail = f" (first: {where}, {over[0][1]} tokens; longest: {max(n for _, n in over)} tokens)"
+        detail = f" (first: {where(over[0][0])}, {over[0][1]} tokens; longest: {max(n for _, n in over)} tokens)"
     warnings.warn(
-        f"{n_trunc} of {len(rows)} distinct inputs exceeded max_length={max_len} tokens and were truncated{detail}; "
+        f"{n_trunc} of {len(lengths)} distinct inputs exceeded max_length={max_len} tokens and were truncated{detail}; "
         "the prompt is cut from its start and the response kept",
         TruncationWarning,
         stacklevel=3,

@@ -452,19 +452,18 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
     tr_pos = np.array([t_index[int(r)] for r in exp.rejected_row[test_rows]])
 
     def test_margins(model) -> np.ndarray:
-        rw = forward_rewards(model, rm.tokenizer, rm.formatter, [exp.prompts[i] for i in t_rows], [exp.responses[i] for i in t_rows], cfg.model.score_batch_size)
+        rw = forward_rewards(model, rm.tokenizer, rm.formatter, *exp.texts(np.asarray(t_rows)), cfg.model.score_batch_size)
         return rw[tc_pos] - rw[tr_pos]
 
     def margins_on(model, rows) -> np.ndarray:
         c, r = exp.chosen_row[rows], exp.rejected_row[rows]
-        rw = forward_rewards(model, rm.tokenizer, rm.formatter, [exp.prompts[i] for i in c] + [exp.prompts[i] for i in r],
-                             [exp.responses[i] for i in c] + [exp.responses[i] for i in r], cfg.model.score_batch_size)
+        rw = forward_rewards(model, rm.tokenizer, rm.formatter, *exp.texts(np.concatenate([c, r])), cfg.model.score_batch_size)
         return rw[: len(rows)] - rw[len(rows):]
 
     def dataset_for(rows, idx, wts):
         sel = rows[idx]
-        return build_pair_dataset(rm.tokenizer, rm.formatter, [exp.prompts[i] for i in exp.chosen_row[sel]],
-                                  [exp.responses[i] for i in exp.chosen_row[sel]], [exp.responses[i] for i in exp.rejected_row[sel]], wts)
+        (prompts, chosen), (_, rejected) = exp.texts(exp.chosen_row[sel]), exp.texts(exp.rejected_row[sel])
+        return build_pair_dataset(rm.tokenizer, rm.formatter, prompts, chosen, rejected, wts)
 
     def train_one(rows, m, g, seed, lr, pull, max_steps, out_dir, val_rows=None, val_steps=(), job=None, fp=None):
         """Train one model; ``job``/``fp`` (final fits only): checkpoint under ``out_dir`` and resume."""

@@ -13,23 +13,33 @@ from __future__ import annotations
 from ..config import DataConfig
 from .base import (
     PAIR_COLUMNS,
+    PairRows,
     PreferenceData,
     add_split_column,
     assign_splits,
     check_pairs,
+    column_strings,
+    dictionary_codes,
+    distinct_strings,
     file_sha256,
     kfold_keys,
+    pair_table,
 )
 
 __all__ = [
     "PAIR_COLUMNS",
+    "PairRows",
     "PreferenceData",
     "add_split_column",
     "assign_splits",
     "check_pairs",
+    "column_strings",
+    "dictionary_codes",
+    "distinct_strings",
     "file_sha256",
     "kfold_keys",
     "load_data",
+    "pair_table",
 ]
 
 

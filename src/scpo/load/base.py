@@ -12,6 +12,10 @@ A data set is a table of preference pairs held as a ``datasets.Dataset`` (Arrow)
 
 The split is by ``split_key`` (a user, a question, a prompt), never by pair: one partition of the
 split keys, drawn with ``split_seed``, is shared by every group and by the offline global model.
+
+Columns are read as Arrow (:func:`pair_table`), never as Python lists of every row: validation uses
+``pyarrow.compute``, and per-row strings go through a column's dictionary of distinct values
+(:func:`dictionary_codes`), so only distinct values ever become Python strings.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import InputError
 
@@ -66,16 +72,69 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_pairs(pairs: datasets.Dataset, source: str) -> None:
-    """Raise :class:`InputError` unless ``pairs`` has the canonical columns and usable texts."""
-    missing = [c for c in PAIR_COLUMNS if c not in pairs.column_names]
+class PairRows(NamedTuple):
+    """Some rows of a pair table: ``pairs`` and the row numbers (into it) that are meant."""
+
+    pairs: datasets.Dataset
+    rows: np.ndarray
+
+
+def pair_table(pairs: datasets.Dataset) -> pa.Table:
+    """The Arrow table of a data set's rows: zero copy (unless the data set holds an indices mapping)."""
+    return pairs.with_format("arrow")[:]
+
+
+def dictionary_codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """``(codes, values)`` of a column without nulls: its distinct values and each row's index into them (int64)."""
+    enc = pc.dictionary_encode(col)
+    if isinstance(enc, pa.ChunkedArray):
+        chunks = enc.unify_dictionaries().chunks
+        values = chunks[0].dictionary if chunks else pa.array([], col.type)
+        codes = (np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]) if chunks
+                 else np.zeros(0, dtype=np.int64))
+    else:
+        values, codes = enc.dictionary, enc.indices.to_numpy(zero_copy_only=False)
+    return codes.astype(np.int64), values
+
+
+def column_strings(col: pa.ChunkedArray | pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
+    """A string column (or its ``rows``) as a numpy unicode array, through the column's distinct values."""
+    codes, values = dictionary_codes(col)
+    if rows is not None:
+        codes = codes[rows]
+    return np.asarray(values.to_pylist(), dtype=object)[codes].astype(str)
+
+
+def distinct_strings(pairs: datasets.Dataset, name: str) -> set[str]:
+    """The distinct values of one column of a data set."""
+    return set(pc.unique(pair_table(pairs).column(name)).to_pylist())
+
+
+def _first_blank(col: pa.ChunkedArray) -> int | None:
+    """Index of the first value that is null, not text, or only whitespace (``str.strip`` empties it)."""
+    if len(col) == 0:
+        return None
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return 0
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True)
+    i = pc.index(blank, True).as_py()
+    return None if i < 0 else i
+
+
+def check_pairs(pairs: datasets.Dataset | pa.Table, source: str) -> None:
+    """Raise :class:`InputError` unless ``pairs`` has the canonical columns and usable texts.
+
+    The error names the first column (in the order prompt, chosen, rejected, group, split_key) that
+    holds a bad value and the 1-based row of its first bad value.
+    """
+    table = pairs if isinstance(pairs, pa.Table) else pair_table(pairs)
+    missing = [c for c in PAIR_COLUMNS if c not in table.column_names]
     if missing:
         raise InputError(f"missing column(s) {missing}", file=source)
     for name in ("prompt", "chosen", "rejected", "group", "split_key"):
-        col = pairs[name]
-        for i, v in enumerate(col):
-            if not isinstance(v, str) or not v.strip():
-                raise InputError("empty or non-text value", file=source, row=i + 1, field=name)
+        i = _first_blank(table.column(name))
+        if i is not None:
+            raise InputError("empty or non-text value", file=source, row=i + 1, field=name)
 
 
 def assign_splits(
@@ -108,8 +167,13 @@ def assign_splits(
 
 
 def add_split_column(pairs: datasets.Dataset, assignment: dict[str, str]) -> datasets.Dataset:
-    """Add the ``split`` column from a split-key assignment (keys not assigned become ``train``)."""
-    split = [assignment.get(k, "train") for k in pairs["split_key"]]
+    """Add the ``split`` column from a split-key assignment (keys not assigned become ``train``).
+
+    Each distinct split key is looked up once; rows take their key's split through its dictionary code.
+    """
+    codes, keys = dictionary_codes(pair_table(pairs).column("split_key"))
+    label_codes, labels = dictionary_codes(pa.array([assignment.get(k, "train") for k in keys.to_pylist()], pa.string()))
+    split = labels.take(pa.array(label_codes[codes]))
     if "split" in pairs.column_names:
         pairs = pairs.remove_columns("split")
     return pairs.add_column("split", split)
