@@ -102,17 +102,45 @@ def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int,
     acc.wait_for_everyone()
 
 
+def score_variant(out: Path, n_texts: int = 160, batch_size: int = 16) -> None:
+    """``encode_features`` (the global model's scoring) of the synthetic texts: features and forward passes."""
+    from scpo.load.synthetic import generate
+    from scpo.parallel import rank_and_world
+    from scpo.scale import tiny_encoder
+    from scpo.score import FORWARD_PASSES, encode_features
+
+    rm = tiny_encoder(hidden=32, layers=2, seed=0)
+    pairs = generate("tiny", seed=0).pairs
+    prompts = list(pairs["prompt"]) * 2
+    responses = list(pairs["chosen"]) + list(pairs["rejected"])
+    prompts, responses = prompts[:n_texts], responses[:n_texts]
+    before = FORWARD_PASSES["count"]
+    feats, stats = encode_features(rm, prompts, responses, batch_size=batch_size, progress=False, kill_point=None)
+    rank, world = rank_and_world()
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        np.save(out / "features.npy", feats)
+    rec = {"rank": rank, "world_size": world, "distinct": stats["distinct"], "computed": stats["computed"],
+           "forward_passes": FORWARD_PASSES["count"] - before,
+           "features_sha256": hashlib.sha256(np.ascontiguousarray(feats).tobytes()).hexdigest()}
+    (out / f"rank{rank}.json").write_text(json.dumps(rec))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--variants", default="full-grouped,full-random,lora-random",
-                    help="MODE-SAMPLER list: MODE full or lora, SAMPLER grouped (by length) or random")
+    ap.add_argument("--variants", default="full-grouped,full-random,lora-random,score",
+                    help="MODE-SAMPLER list (MODE full or lora, SAMPLER grouped (by length) or random), "
+                    "and 'score' (the global model's scoring)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8, help="global batch (pairs), split over the processes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for v in args.variants.split(","):
+        if v == "score":
+            score_variant(Path(args.out) / v)
+            continue
         mode, sampler = v.split("-")
         train_variant(Path(args.out) / v, mode, sampler == "grouped", args.steps, args.pairs, args.batch_size)
 

@@ -11,7 +11,9 @@ under ``accelerate launch --config_file configs/accelerate/cpu_2proc.yaml`` (2 p
   not), and give the metrics of 1: the
   mean of the ranks' losses equals the single process's loss within 1e-5 and the trained model's
   margins on the training pairs agree within 1e-4 (absolute; the margins are ~0.1) — full and LoRA;
-* those margins (``forward_rewards``) are computed half by each rank and reach both.
+* those margins (``forward_rewards``) are computed half by each rank and reach both;
+* the global model's scoring (``encode_features``): each rank computes half of the batches, both end
+  with every feature, equal to one process's.
 """
 
 from __future__ import annotations
@@ -71,10 +73,10 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("mp")
     two, one = base / "two", base / "one"
     cmd = launcher + ["launch", "--config_file", str(CONFIG), "--main_process_port", str(_free_port()), str(SCRIPT),
-                      "--out", str(two), "--variants", "full-grouped,full-random,lora-random"]
+                      "--out", str(two), "--variants", "full-grouped,full-random,lora-random,score"]
     p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-4000:]
-    p = subprocess.run([sys.executable, str(SCRIPT), "--out", str(one), "--variants", "full-grouped,full-random,lora-random"],
+    p = subprocess.run([sys.executable, str(SCRIPT), "--out", str(one), "--variants", "full-grouped,full-random,lora-random,score"],
                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-4000:]
     return two, one
@@ -114,3 +116,17 @@ def test_two_processes_give_the_metrics_of_one(runs, variant):
     assert r0["eval_forward_passes"] == r1["eval_forward_passes"] > 0
     # and training moved the model: the comparison is not between two untouched models
     assert single["losses"][0] != single["losses"][-1]
+
+
+def test_two_processes_share_the_scoring_and_get_the_features_of_one(runs):
+    two, one = runs
+    r0, r1 = _load(two / "score")
+    (single,) = _load(one / "score")
+    assert r0["computed"] == r1["computed"] == single["computed"] > 0
+    # every batch computed once: half by each rank, none by both
+    assert r0["forward_passes"] + r1["forward_passes"] == single["forward_passes"]
+    assert abs(r0["forward_passes"] - r1["forward_passes"]) <= 1
+    # both ranks end with every feature, the same as one process's
+    assert r0["features_sha256"] == r1["features_sha256"]
+    np.testing.assert_allclose(np.load(two / "score" / "features.npy"), np.load(one / "score" / "features.npy"),
+                               atol=1e-6, rtol=0)

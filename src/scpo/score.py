@@ -390,7 +390,12 @@ def encode_features(
     Inputs longer than the formatter's ``max_length`` are truncated, counted in
     ``stats["truncated"]`` and reported in one :class:`~scpo.errors.TruncationWarning` naming the
     first of them through ``describe(row)`` (the caller's file/row/field of an input row).
+
+    Under a launcher (``accelerate launch``, ``torchrun``) the planned batches are shared between
+    the ranks (:func:`scpo.parallel.map_batches`): each computes every ``world``-th one, every rank
+    returns every feature, and rank 0 writes the cache. A collective call: every rank must make it.
     """
+    from .parallel import is_main_process, map_batches, rank_and_world, union_mask
     from .reliability import log_work, maybe_kill
 
     first_input = None
@@ -423,6 +428,7 @@ def encode_features(
             hit = np.flatnonzero(positions >= 0)
             cache.read(positions[hit], feats, hit)
             todo[hit] = False
+        todo = union_mask(todo)  # under a launcher, ranks plan the same work even if their cache views differ
         stats.update(cached=n - int(todo.sum()), computed=int(todo.sum()), truncated=n_trunc)
         if n_trunc:
             _warn_truncation(rm, texts, tokens.lengths, n_trunc, where)
@@ -431,35 +437,45 @@ def encode_features(
         device = next(rm.model.parameters()).device
         pad = rm.tokenizer.pad_token_id or 0
         order = np.argsort(tokens.lengths, kind="stable")[::-1]  # longest first: fail fast on memory
+        # the plan: batches of every distinct text by length, less what the cache holds
+        planned = (order[s : s + batch_size] for s in range(0, n, batch_size))
+        batches = [b[todo[b]] for b in planned if todo[b].any()]
+        main = is_main_process()
+        writes = cache is not None and main  # every rank ends with every feature: rank 0 writes the cache
         pending_rows, pending_f = [], []
-        bar = tqdm(total=stats["computed"], desc="scoring", unit="text", disable=not progress, leave=False)
+        bar = tqdm(total=stats["computed"], desc="scoring", unit="text", disable=not progress or not main, leave=False)
         n_batches = 0
-        for s in range(0, n, batch_size):
-            b = order[s : s + batch_size]
-            b = b[todo[b]]
-            if not len(b):  # the whole planned batch is cached
-                continue
-            f = _forward_features(rm, tokens.batch(b, pad), device)
+
+        def compute(b: np.ndarray) -> np.ndarray:
+            nonlocal n_batches
+            n_batches += 1
+            log_work("scoring_forward_passes", texts=len(b))
+            return _forward_features(rm, tokens.batch(b, pad), device)
+
+        # each batch computed once, by one rank (scpo.parallel.map_batches), seen by every rank
+        for i, f in map_batches(batches, compute, dim):
+            b = batches[i]
             if not np.isfinite(f).all():
                 bad = int(b[np.flatnonzero(~np.isfinite(f).all(1))[0]])
                 raise ScpoError(
                     f"{where(bad)}: the global model produced non-finite features (NaN or inf); try --torch-dtype float32"
                 )
-            n_batches += 1
-            log_work("scoring_forward_passes", texts=len(b))
             feats[b] = f
+            bar.update(len(b))
+            if not writes:
+                continue
             pending_rows.append(b)
             pending_f.append(f)
-            bar.update(len(b))
-            if cache is not None and n_batches % flush_every == 0:
-                cache.put([keys[i] for i in np.concatenate(pending_rows)], np.concatenate(pending_f))
+            if (i + 1) % flush_every == 0:
+                cache.put([keys[j] for j in np.concatenate(pending_rows)], np.concatenate(pending_f))
                 pending_rows, pending_f = [], []
                 if kill_point:
                     maybe_kill(kill_point)
         bar.close()
-        if cache is not None and pending_rows:
-            cache.put([keys[i] for i in np.concatenate(pending_rows)], np.concatenate(pending_f))
+        if writes and pending_rows:
+            cache.put([keys[j] for j in np.concatenate(pending_rows)], np.concatenate(pending_f))
         stats["forward_passes"] = n_batches
+        stats["processes"] = rank_and_world()[1]
     if first_input is None:
         return feats, stats
     if out is None:
