@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from .load import (
     pair_table,
 )
 from .model import RewardModel, load_reward_model
+from .parallel import is_main_process
 from .score import FeatureCache, TextIndex, distinct_texts, encode_features
 from .select import preference_probability, select_pairs
 from .train import HeadJob, grid_cells, method_pairs, train_heads, val_accuracy
@@ -543,7 +543,7 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
     cfg = cfg or RunConfig()
     out_dir = Path(cfg.output.output_dir)
     t0 = time.time()
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch, rank 0 writes
+    main_process = is_main_process()  # under accelerate launch, rank 0 writes
     tc = cfg.train
     with RunLock(out_dir) if main_process else contextlib.nullcontext():
         methods = list(dict.fromkeys(tc.methods))
