@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 
 from _common import footer, header, non_embedding_params, packaged_model_with_head, prism_like
 
@@ -82,14 +83,18 @@ def token_ids(packaged, n_texts: int, seed: int, vocab: int) -> tuple[list[list[
 
 
 def scpo_rewards(rm, ids, batch_size, device) -> np.ndarray:
-    from scpo.score import _forward_features
+    """scpo's scoring loop on token ids: length-sorted batches, dynamic padding, inference mode."""
+    from scpo.score import _flat, _forward_features, _Tokens
 
-    order = np.argsort([len(x) for x in ids], kind="stable")[::-1]
+    flat, lengths = _flat(ids, np.int32)
+    tokens = _Tokens(flat, None, np.concatenate([[0], np.cumsum(lengths)]))
+    order = np.argsort(lengths, kind="stable")[::-1]
     w, b = rm.head_params()
     out = np.zeros(len(ids))
-    for s in range(0, len(order), batch_size):
-        bi = order[s:s + batch_size]
-        out[bi] = _forward_features(rm, [ids[i] for i in bi], None, device).astype(np.float64) @ w.numpy() + float(b)
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            bi = order[s:s + batch_size]
+            out[bi] = _forward_features(rm, tokens.batch(bi, 0), device).astype(np.float64) @ w.numpy() + float(b)
     return out
 
 
