@@ -6,7 +6,7 @@
 Reference (a faithful re-implementation of the reference code's ``preferences.py``): batches never
 cross a user's interaction (4 responses to one prompt), at most 8 texts, ``padding=True``, dataset
 order, no ``torch.inference_mode`` (granted ``torch.no_grad``; ``--reference-grad`` takes that
-away too). scpo: :func:`scpo.score.encode_features` (length-sorted batches of 64, dynamic padding,
+away too). scpo: :func:`scpo.score.encode_features` (length-sorted batches (16 texts on a CPU), dynamic padding,
 inference mode), no cache. Same model: the packaged all-MiniLM-L6-v2 with a seeded random score
 layer. Prints texts per second of both, their ratio and the largest reward difference.
 """
@@ -34,7 +34,8 @@ from _common import (
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--texts", type=int, default=1200, help="texts to score (default 1200)")
-    ap.add_argument("--batch-size", type=int, default=64, help="scpo's texts per forward pass (default 64)")
+    ap.add_argument("--batch-size", type=int, default=0, help="scpo's texts per forward pass (default 0: scpo's "
+                    "auto, 16 on a CPU)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the two this many times (default 1)")
     ap.add_argument("--reference-grad", action="store_true", help="reference without torch.no_grad either")
     ap.add_argument("--seed", type=int, default=0)
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     header("benchmark 1: scoring (scpo vs the reference approach)")
     rm = packaged_model_with_head(args.seed)
+    from scpo.score import resolve_batch_size
+
+    args.batch_size = resolve_batch_size(args.batch_size, next(rm.model.parameters()).device)
     texts = prism_like(args.texts, seed=args.seed)
     lengths = token_lengths(rm, texts)
     n_inter = int(texts.interaction.max()) + 1

@@ -366,6 +366,22 @@ def _forward_features(rm: RewardModel, inputs: dict[str, torch.Tensor], device: 
     return x.float().cpu().numpy()
 
 
+CPU_BATCH_SIZE = 16
+"""Texts per scoring batch on a CPU (``batch_size=0``). On this project's 2-core machine the packaged
+encoder scored 600 PRISM-like texts in 9.6 s with batches of 16, 9.8 s with 8, 10.2 s with 32, 11.1 s
+with 64 and 15.3 s with 128: beyond a few thousand tokens a batch's activations leave the cache, and
+the memory-bound layer norms, GELUs and softmaxes slow down (and longer batches pad more)."""
+ACCELERATOR_BATCH_SIZE = 64
+"""Texts per scoring batch on a GPU or other accelerator (``batch_size=0``): small batches starve it."""
+
+
+def resolve_batch_size(batch_size: int, device: torch.device) -> int:
+    """``batch_size``, or for 0 (auto) :data:`CPU_BATCH_SIZE` on a CPU and :data:`ACCELERATOR_BATCH_SIZE` else."""
+    if batch_size > 0:
+        return int(batch_size)
+    return CPU_BATCH_SIZE if torch.device(device).type == "cpu" else ACCELERATOR_BATCH_SIZE
+
+
 def encode_features(
     rm: RewardModel,
     prompts: Sequence[str] | None = None,
@@ -373,7 +389,7 @@ def encode_features(
     *,
     texts: TextIndex | None = None,
     out: np.ndarray | None = None,
-    batch_size: int = 64,
+    batch_size: int = 0,
     cache: FeatureCache | None = None,
     progress: bool = True,
     flush_every: int = 20,
@@ -435,6 +451,7 @@ def encode_features(
     if stats["computed"]:
         rm.model.eval()
         device = next(rm.model.parameters()).device
+        batch_size = resolve_batch_size(batch_size, device)
         pad = rm.tokenizer.pad_token_id or 0
         order = np.argsort(tokens.lengths, kind="stable")[::-1]  # longest first: fail fast on memory
         # the plan: batches of every distinct text by length, less what the cache holds
@@ -516,7 +533,7 @@ def rewards_from_features(features: np.ndarray, weight: np.ndarray, bias: float)
 
 
 @torch.inference_mode()
-def score_texts(rm: RewardModel, prompts: list[str], responses: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+def score_texts(rm: RewardModel, prompts: list[str], responses: list[str], *, batch_size: int = 0, progress: bool = False) -> np.ndarray:
     """Rewards from a full forward pass (no cache): for trained full/LoRA models and serving."""
     feats, _ = encode_features(rm, prompts, responses, batch_size=batch_size, cache=None, progress=progress, kill_point=None)
     w, b = rm.head_params()

@@ -224,13 +224,14 @@ def training_arguments(output_dir: str, train_cfg: Any, *, learning_rate: float,
 
 
 @torch.inference_mode()
-def forward_rewards(model: torch.nn.Module, tokenizer: Any, formatter: InputFormatter, prompts: list[str], responses: list[str], batch_size: int = 64) -> np.ndarray:
+def forward_rewards(model: torch.nn.Module, tokenizer: Any, formatter: InputFormatter, prompts: list[str], responses: list[str], batch_size: int = 0) -> np.ndarray:
     """Rewards (logit 0) of a sequence-classification model, length-sorted batches, eval mode.
 
     Under a launcher the batches are shared between the ranks (:func:`scpo.parallel.map_batches`)
     and every rank returns every reward: a collective call, which every rank must make.
     """
     from .parallel import map_batches
+    from .score import resolve_batch_size
 
     was_training = model.training
     model.eval()
@@ -239,6 +240,7 @@ def forward_rewards(model: torch.nn.Module, tokenizer: Any, formatter: InputForm
     out = np.zeros(len(ids))
     coll = PairCollator(pad_token_id=tokenizer.pad_token_id or 0)
     device = next(model.parameters()).device
+    batch_size = resolve_batch_size(batch_size, device)  # 0: auto, as for scoring
 
     def rewards(b: np.ndarray) -> np.ndarray:
         feats = [{"chosen_input_ids": ids[i], "rejected_input_ids": [], "weight": 0.0} for i in b]
