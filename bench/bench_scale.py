@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
             p, r = exp.texts(rows)
             encode_features(real, p[:16], r[:16], cache=None, progress=False, kill_point=None)  # warm-up
             t = time.perf_counter()
-            encode_features(real, p, r, batch_size=64, cache=None, progress=False, kill_point=None)
+            encode_features(real, p, r, cache=None, progress=False, kill_point=None)
             dt = time.perf_counter() - t
             ids, _, _ = real.formatter.encode(real.tokenizer, p, r)
             sample_tokens = sum(map(len, ids))
