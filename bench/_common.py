@@ -262,6 +262,15 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def write_json(path: str | None, res: dict) -> None:
+    """``--json FILE``: the figures a benchmark printed, as JSON (nothing when ``path`` is None)."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+
+
 def timed(fn, *args, **kw):
     t = time.perf_counter()
     out = fn(*args, **kw)

@@ -30,14 +30,13 @@ Prints everything, and with ``--json FILE`` writes it.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-from _common import footer, header, non_embedding_params, packaged_model_with_head, prism_like
+from _common import footer, header, non_embedding_params, packaged_model_with_head, prism_like, write_json
 
 
 def deberta_v3_base(tiny: bool = False):
@@ -269,9 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"   training achieved {tr:,.0f} GFLOP/s = {tr / peak:.0%} of the {args.dtype} matmul")
     res.update(training=arms, training_ratio=tr_ratio, training_gflops=tr, training_fraction=tr / peak)
     footer()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return res
 
 

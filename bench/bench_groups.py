@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 
 import numpy as np
 
-from _common import ROOT, PeakMemory, footer, header
+from _common import ROOT, PeakMemory, footer, header, write_json
 
 DEFAULT_GOQA = ROOT.parent / "shared" / "data" / "goqa" / "global_opinions_partial.csv"
 
@@ -137,9 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     g, r = jobs_of(args.seeds)
     res.update(grid_jobs=g, refit_jobs=r)
     footer()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return res
 
 

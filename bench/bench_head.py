@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import ROOT, footer, header
+from _common import ROOT, footer, header, write_json
 
 CASES = ("default-cold", "default-warm", "10x-warm")
 
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"   10x data (warm cache): {b['pairs'] / a['pairs']:.1f}x pairs -> {b['wall_s'] / a['wall_s']:.2f}x wall, "
               f"{b['peak_rss_gib'] / a['peak_rss_gib']:.2f}x peak memory")
     footer()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return results
 
 

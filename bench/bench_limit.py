@@ -22,7 +22,6 @@ and other".
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -37,6 +36,7 @@ from _common import (
     scpo_padded_tokens,
     scpo_scores,
     token_lengths,
+    write_json,
 )
 
 CATEGORIES = (
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         res.update(train_step_s=a["step_s"], train_real_tokens_per_s=tok_s, train_gflops=tr, train_fraction=tr / peak,
                    train_padding=a["padding"])
     footer()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return res
 
 

@@ -22,7 +22,6 @@ Prints each stage's wall time and the peak resident memory (sampled RSS and ru_m
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import PeakMemory, footer, header, vocabulary
+from _common import PeakMemory, footer, header, vocabulary, write_json
 
 
 def write_prism_like(path: Path, n_responses: int, n_groups: int, n_users: int, seed: int = 0,
@@ -193,9 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return res
 
 

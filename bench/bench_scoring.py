@@ -14,7 +14,6 @@ layer. Prints texts per second of both, their ratio and the largest reward diffe
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from _common import (
     scpo_scores,
     timed,
     token_lengths,
+    write_json,
 )
 
 
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"   ratio scpo/reference: {res['ratio']:.2f}x   largest reward difference: {res['max_abs_reward_diff']:.2e}"
           f" ({'< 1e-4: same rewards' if res['max_abs_reward_diff'] < 1e-4 else 'DIFFERENT rewards'})")
     footer()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return res
 
 

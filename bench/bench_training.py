@@ -23,13 +23,12 @@ processes share this machine's two cores).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 
 import numpy as np
 
-from _common import footer, header, packaged_model_with_head, prism_like
+from _common import footer, header, packaged_model_with_head, prism_like, write_json
 
 
 def make_pairs(n_pairs: int, seed: int = 0):
@@ -155,9 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     footer()
     res = {"ratio": ratio, "first_loss_max_abs_diff": diff, "arms": arms, "pairs": args.pairs,
            "batch_size": args.batch_size, "steps": args.steps}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return res
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, footer, header
+from _common import ROOT, footer, header, write_json
 
 RUN_ARGS = ["--synthetic-preset", "tiny", "--methods", "global,full,scpo", "--seeds", "0", "--learning-rates", "1e-4",
             "--pulls", "0", "--steps", "6", "--val-folds", "1", "--batch-size", "8", "--global-steps", "300",
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     footer()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=str)
+    write_json(args.json, res)
     return res
 
 
