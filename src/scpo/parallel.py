@@ -32,17 +32,6 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def has_accelerator() -> bool:
-    """True when torch sees a GPU (CUDA/ROCm), Apple MPS or Intel XPU."""
-    if torch.cuda.is_available():
-        return True
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return True
-    xpu = getattr(torch, "xpu", None)
-    return bool(xpu is not None and xpu.is_available())
-
-
 def default_device() -> torch.device:
     """This process's device: ``cuda:LOCAL_RANK`` on a GPU machine, else MPS or XPU, else the CPU."""
     if torch.cuda.is_available():
@@ -54,6 +43,11 @@ def default_device() -> torch.device:
     if xpu is not None and xpu.is_available():
         return torch.device("xpu", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def has_accelerator() -> bool:
+    """True when torch sees a GPU (CUDA/ROCm), Apple MPS or Intel XPU."""
+    return default_device().type != "cpu"
 
 
 def init_distributed() -> bool:

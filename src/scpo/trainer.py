@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .model import InputFormatter, RewardModel, find_score_layer
+from .parallel import has_accelerator, is_main_process, map_batches, rank_and_world
 from .reliability import atomic_write_json, log_work, maybe_kill
 
 COMPLETE_MARKER = "scpo_checkpoint_complete"
@@ -178,8 +179,6 @@ def training_arguments(output_dir: str, train_cfg: Any, *, learning_rate: float,
     ``batch_size / world`` pairs a step. Without a GPU (or MPS/XPU) the Trainer is told
     ``use_cpu``, so that ``accelerate launch`` on a CPU machine trains data-parallel over gloo.
     """
-    from .parallel import has_accelerator, rank_and_world
-
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     world = rank_and_world()[1]
     if train_cfg.batch_size % world:
@@ -230,7 +229,6 @@ def forward_rewards(model: torch.nn.Module, tokenizer: Any, formatter: InputForm
     Under a launcher the batches are shared between the ranks (:func:`scpo.parallel.map_batches`)
     and every rank returns every reward: a collective call, which every rank must make.
     """
-    from .parallel import map_batches
     from .score import resolve_batch_size
 
     was_training = model.training
@@ -289,13 +287,6 @@ class _ResumeCallback(TrainerCallback):
         maybe_kill("training")
 
 
-def _is_main_process() -> bool:
-    """Rank 0 (or a single process): the one that deletes or rewrites shared resume files."""
-    from .parallel import is_main_process
-
-    return is_main_process()
-
-
 def last_complete_checkpoint(out_dir: Path) -> tuple[Path | None, int]:
     """The newest checkpoint under ``out_dir`` that scpo marked complete, and its step (0: none).
 
@@ -311,7 +302,7 @@ def last_complete_checkpoint(out_dir: Path) -> tuple[Path | None, int]:
         except ValueError:
             continue
         if not (ckpt / COMPLETE_MARKER).exists():
-            if _is_main_process():
+            if is_main_process():
                 shutil.rmtree(ckpt, ignore_errors=True)
             continue
         if step > best[1]:
@@ -352,7 +343,7 @@ def _restore_saved_model(run_dir: Path, rec: dict[str, Any]) -> bool:
         return True
     for place in (run_dir / ".models.tmp" / rec["model_name"], run_dir / "models" / rec["model_name"]):
         if place.is_dir():
-            if not _is_main_process():  # only rank 0 writes the report; the others only need the answer
+            if not is_main_process():  # only rank 0 writes the report; the others only need the answer
                 return True
             target.parent.mkdir(parents=True, exist_ok=True)
             try:  # hard links: instant and no extra space; the report moves them again
@@ -420,7 +411,7 @@ def _finished_job(done: Path, fp: str, run_dir: Path) -> dict[str, Any] | None:
     elif rec.get("model_dir") and not _restore_saved_model(run_dir, rec):
         why = "its saved model is missing"
     if why is not None:
-        if _is_main_process():
+        if is_main_process():
             warnings.warn(f"{done}: finished-job record {why}: the job is trained again", stacklevel=3)
             done.unlink(missing_ok=True)
         return None
@@ -494,7 +485,7 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
                 same = False
             if same:
                 last, last_step = last_complete_checkpoint(out_dir)
-            elif _is_main_process():  # checkpoints of another config (or unreadable): never resumed
+            elif is_main_process():  # checkpoints of another config (or unreadable): never resumed
                 if out_dir.exists():  # renamed first: other ranks never see a half-deleted folder
                     stale = out_dir.with_name(f".{out_dir.name}.stale{os.getpid()}")
                     os.replace(out_dir, stale)
@@ -542,7 +533,7 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
                     if rec.get("model_dir"):
                         models[rec["model_name"]] = rec["model_dir"]
                     log_work("job_skipped", n=0, job=key)
-                    if _is_main_process():  # a kill between the record and the clean-up leaves checkpoints
+                    if is_main_process():  # a kill between the record and the clean-up leaves checkpoints
                         shutil.rmtree(run_dir / "checkpoints" / key, ignore_errors=True)
                     continue
                 lr, pull, st = cells[0][0], cells[0][1], steps[-1]
