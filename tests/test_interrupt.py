@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from scpo.names import path_component
 from scpo.reliability import RunLock, work_summary
 
 KILLED = -signal.SIGKILL
@@ -127,23 +128,24 @@ def test_full_mode_kill_during_training_resumes_from_the_checkpoint(tmp_path):
     assert steps_fresh == 4
 
     out, cache = tmp_path / "run", tmp_path / "cache"
-    full_job, scpo_job = out / "jobs" / "group-c__full__seed0.json", out / "jobs" / "group-c__scpo__seed0.json"
+    gc = path_component("group-c")  # job names carry the group's safe encoding
+    full_job, scpo_job = out / "jobs" / f"{gc}__full__seed0.json", out / "jobs" / f"{gc}__scpo__seed0.json"
     k1 = scpo(FULL, out, cache, kill_at="training:2")
     assert k1.returncode == KILLED, k1.stderr[-2000:]
-    assert (out / "checkpoints" / "group-c__full__seed0" / "checkpoint-2").is_dir() and not full_job.exists()
+    assert (out / "checkpoints" / f"{gc}__full__seed0" / "checkpoint-2").is_dir() and not full_job.exists()
 
     k2 = scpo(FULL, out, cache, kill_at="training:1")
     assert k2.returncode == KILLED, k2.stderr[-2000:]
     assert full_job.exists() and not scpo_job.exists()
-    assert (out / "checkpoints" / "group-c__scpo__seed0" / "checkpoint-1").is_dir()
+    assert (out / "checkpoints" / f"{gc}__scpo__seed0" / "checkpoint-1").is_dir()
 
     done = scpo(FULL, out, cache)
     assert done.returncode == 0, done.stderr[-2000:]
     a1, a2, a3 = work_summary(out)
     assert [x["finished"] for x in (a1, a2, a3)] == [False, False, True]
-    assert a2["jobs"]["group-c__full__seed0"] == {"kind": "job_trained", "steps_run": 0, "resumed_from_step": 2}
-    assert a3["jobs"]["group-c__full__seed0"]["kind"] == "job_skipped"
-    assert a3["jobs"]["group-c__scpo__seed0"] == {"kind": "job_trained", "steps_run": 1, "resumed_from_step": 1}
+    assert a2["jobs"][f"{gc}__full__seed0"] == {"kind": "job_trained", "steps_run": 0, "resumed_from_step": 2}
+    assert a3["jobs"][f"{gc}__full__seed0"]["kind"] == "job_skipped"
+    assert a3["jobs"][f"{gc}__scpo__seed0"] == {"kind": "job_trained", "steps_run": 1, "resumed_from_step": 1}
     assert [counts(x, "training_steps") for x in (a1, a2, a3)] == [2, 1, 1]  # none lost, none repeated
     for x in (a2, a3):
         assert counts(x, "training_steps") < steps_fresh
@@ -152,11 +154,11 @@ def test_full_mode_kill_during_training_resumes_from_the_checkpoint(tmp_path):
 
     b = results(out)
     assert_same_results(a, b)
-    for job in ("group-c__full__seed0", "group-c__scpo__seed0"):
+    for job in (f"{path_component('group-c')}__full__seed0", f"{path_component('group-c')}__scpo__seed0"):
         ma = np.array(json.loads((tmp_path / "fresh" / "jobs" / f"{job}.json").read_text())["margins"])
         mb = np.array(json.loads((out / "jobs" / f"{job}.json").read_text())["margins"])
         assert np.max(np.abs(ma - mb)) <= 1e-5, job  # the stated full-mode tolerance (measured: 0.0)
-    assert (out / "models" / "groups" / "group-c" / "config.json").exists()
+    assert (out / "models" / "groups" / path_component("group-c") / "config.json").exists()
     assert not list((out / "checkpoints").glob("*/checkpoint-*"))
     with RunLock(out):  # the killed runs' lock died with them
         pass

@@ -244,17 +244,19 @@ def test_a_finished_job_of_another_config_is_trained_again(tmp_path):
 def test_a_saved_model_moved_by_a_killed_report_is_found_again(tmp_path):
     """``report.save_models`` moves ``.saved/<name>`` into ``models/<name>``; a re-run after a kill
     puts it back (hard links) so that the report can move it again."""
+    from scpo.names import path_component
     from scpo.trainer import _finished_job
 
-    moved = tmp_path / "models" / "groups" / "g"
+    name = f"groups/{path_component('g')}"
+    moved = tmp_path / "models" / name
     moved.mkdir(parents=True)
     (moved / "model.safetensors").write_bytes(b"weights")
-    rec = {"margins": [0.5], "pairs": 3, "weight_sum": 2.0, "choice": {}, "fingerprint": "f",
-           "model_name": "groups/g", "model_dir": str(tmp_path / ".saved" / "groups" / "g")}
+    rec = {"margins": [0.5], "pairs": 3, "weight_sum": 2.0, "choice": {}, "fingerprint": "f", "group": "g",
+           "model_name": name, "model_dir": str(tmp_path / ".saved" / name)}
     done = tmp_path / "jobs" / "g__scpo__seed0.json"
     atomic_write_json(done, rec)
     assert _finished_job(done, "f", tmp_path) == rec
-    assert (tmp_path / ".saved" / "groups" / "g" / "model.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / ".saved" / name / "model.safetensors").read_bytes() == b"weights"
     # lost everywhere: the job is trained again
     import shutil
 

@@ -16,6 +16,7 @@ import torch
 
 from scpo.cli import main
 from scpo.errors import InputError, ScpoError
+from scpo.names import path_component
 from scpo.steer import (
     GLOBAL,
     SteerableRewardModel,
@@ -384,7 +385,7 @@ def lora_dir(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
                 elif "modules_to_save" in n:
                     p.add_(torch.randn(p.shape, generator=gen) * 0.2)
-        pm.save_pretrained(str(root / "adapters" / g))
+        pm.save_pretrained(str(root / "adapters" / path_component(g)))  # the safe encoding, as the run writes it
     return root
 
 
@@ -413,7 +414,7 @@ def _merged_rewards(lora_dir: Path, group: str | None) -> np.ndarray:
 
     net = AutoModelForSequenceClassification.from_pretrained(str(lora_dir / "global")).eval()
     if group is not None:
-        net = PeftModel.from_pretrained(net, str(lora_dir / "adapters" / group)).merge_and_unload().eval()
+        net = PeftModel.from_pretrained(net, str(lora_dir / "adapters" / path_component(group))).merge_and_unload().eval()
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(lora_dir / "global"))
@@ -449,7 +450,7 @@ def test_lora_one_base_switching_adapters(lora_dir: Path, tmp_path: Path) -> Non
         export_checkpoint(m, tmp_path / "lora-mix", group=ga, strength=0.5)
     # artifact export stores the calibration and writes each adapter's model card
     export_artifact(lora_dir)
-    assert (lora_dir / "adapters" / gb / "README.md").read_text().startswith("---")
+    assert (lora_dir / "adapters" / path_component(gb) / "README.md").read_text().startswith("---")
     stored = json.loads((lora_dir / "manifest.json").read_text())["calibration"]["models"]
     assert stored[f"{ga}/scpo"] == m.calibration[f"{ga}/scpo"].to_dict()
 

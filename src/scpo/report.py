@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig
+from .errors import ScpoError
+from .names import is_inside, path_component, rmtree_inside
 from .reliability import atomic_write_json, atomic_write_text, maybe_kill
 
 __all__ = ["build_report", "make_plots", "rebuild", "reference_files", "strict_json", "versions", "write_run"]
@@ -648,7 +650,7 @@ def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) 
 
     mdir = run_dir / "models"
     tmp = run_dir / ".models.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    rmtree_inside(tmp, run_dir)
     (tmp / "global").mkdir(parents=True)
     exp.rm.model.save_pretrained(tmp / "global")
     exp.rm.tokenizer.save_pretrained(tmp / "global")
@@ -661,6 +663,8 @@ def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) 
         save_file(heads, str(tmp / "heads.safetensors"), metadata={"seed": str(seed), "bias": str(float(exp.rm.head_params()[1]))})
     else:
         for name, path in models.items():
+            if not is_inside(tmp / name, tmp) or not is_inside(path, run_dir):
+                raise ScpoError(f"{run_dir}: refusing to save model {name!r} from {path}: outside the run directory")
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             # hard links (a copy across file systems): the job records keep pointing at real files
             shutil.copytree(str(path), str(tmp / name), copy_function=_link_or_copy)
@@ -687,10 +691,14 @@ def save_models(run_dir: Path, exp: Any, models: dict, results: dict[str, Any]) 
         "score_layer": exp.rm.score_layer_name, "formatter": exp.rm.formatter.to_dict(),
         "global_model": results["global_model"],
     }
+    if results["mode"] != "head":  # each group's folder, named by its safe encoding, never by the raw name
+        sub = "adapters" if results["mode"] == "lora" else "groups"
+        manifest["paths"] = {g: f"{sub}/{path_component(g)}" for g in results["data"]["groups"]
+                             if f"{sub}/{path_component(g)}" in models}
     if calibration is not None:
         manifest["calibration"] = calibration_entry(calibration, tmp)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(mdir, ignore_errors=True)
+    rmtree_inside(mdir, run_dir)
     tmp.rename(mdir)
 
 

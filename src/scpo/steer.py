@@ -43,7 +43,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import shutil
 import sys
 import threading
@@ -59,6 +58,7 @@ from torch import nn
 
 from .errors import InputError, ScpoError
 from .model import InputFormatter, find_score_layer
+from .names import is_inside, path_component
 
 log = logging.getLogger("scpo")
 
@@ -224,8 +224,6 @@ def run_info(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-def _safe_name(group: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", group).strip("._") or "group"
 
 
 _NOT_WEIGHTS = {"manifest.json", "README.md", "reference.jsonl"}
@@ -256,10 +254,18 @@ def models_fingerprint(models_dir: str | Path) -> str:
 
 
 def _group_dir(models_dir: Path, manifest: dict[str, Any], group: str, sub: str) -> Path:
-    """Directory of a group's model: ``manifest['paths'][group]``, ``<sub>/<group>`` or its safe name."""
-    rel = manifest.get("paths", {}).get(group)
-    cands = ([models_dir / rel] if rel else []) + [models_dir / sub / group, models_dir / sub / _safe_name(group)]
+    """Directory of a group's model: ``manifest['paths'][group]`` or ``<sub>/<safe encoding of group>``.
+
+    The group name is never joined to a path as it is, and a manifest path that leaves the artifact
+    is refused (a manifest is input too).
+    """
+    rel = (manifest.get("paths") or {}).get(group)
+    cands = ([models_dir / rel] if isinstance(rel, str) and rel else []) + [models_dir / sub / path_component(group)]
+    if group not in ("", ".", "..") and Path(group).name == group and "\\" not in group:
+        cands.append(models_dir / sub / group)  # artifacts written before the safe encoding
     for c in cands:
+        if not is_inside(c, models_dir):
+            raise ScpoError(f"{models_dir}: the manifest's folder for group {group!r} ({rel!r}) is outside the artifact")
         if c.is_dir():
             return c
     raise ScpoError(f"{models_dir}: no model directory for group {group!r} (looked for {', '.join(map(str, cands))})")
@@ -1103,7 +1109,7 @@ def export_artifact(run_dir: str | Path, out_dir: str | Path | None = None, *, s
     cards = {}
     for g in srm.groups:
         card = group_card(g, manifest, srm.method)
-        rel = f"cards/{_safe_name(g)}/README.md"
+        rel = f"cards/{path_component(g)}/README.md"
         atomic_write_text(target / rel, card)
         cards[g] = rel
         if srm.mode in ("lora", "full"):

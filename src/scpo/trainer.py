@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .model import InputFormatter, RewardModel, find_score_layer
+from .names import path_component, rmtree_inside
 from .parallel import has_accelerator, is_main_process, map_batches, rank_and_world
 from .reliability import atomic_write_json, log_work, maybe_kill
 
@@ -338,7 +339,12 @@ def _restore_saved_model(run_dir: Path, rec: dict[str, Any]) -> bool:
     ``report.save_models`` moves ``RUN_DIR/.saved/<name>`` into ``RUN_DIR/models/<name>`` (via
     ``RUN_DIR/.models.tmp``); a run killed after that and re-run finds it there. False when lost.
     """
-    target = Path(rec["model_dir"])
+    name = str(rec.get("model_name", ""))
+    target = run_dir / ".saved" / name
+    parts = Path(name).parts
+    if len(parts) != 2 or parts[0] not in ("groups", "adapters") or parts[1] != path_component(str(rec.get("group", ""))):
+        return False  # a record of an older layout, or not written by this code: retrain the job
+    rec["model_dir"] = str(target)
     if target.exists():
         return True
     for place in (run_dir / ".models.tmp" / rec["model_name"], run_dir / "models" / rec["model_name"]):
@@ -349,7 +355,7 @@ def _restore_saved_model(run_dir: Path, rec: dict[str, Any]) -> bool:
             try:  # hard links: instant and no extra space; the report moves them again
                 shutil.copytree(place, target, copy_function=os.link)
             except OSError:
-                shutil.rmtree(target, ignore_errors=True)
+                rmtree_inside(target, run_dir)
                 shutil.copytree(place, target)
             return True
     return False
@@ -522,7 +528,7 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
             used[(g, "global", seed)] = (0, 0.0)
         for m in trained:
             for seed in seeds:
-                key = f"{g}__{m}__seed{seed}".replace("/", "_")
+                key = f"{path_component(g)}__{m}__seed{seed}"  # never the raw name: it comes from the data
                 fp = job_fingerprint(exp, key)
                 done = jobs_dir / f"{key}.json"
                 rec = _finished_job(done, fp, run_dir)
@@ -564,12 +570,13 @@ def fit_trainer_models(exp: Any, methods: list[str], seeds: list[int], progress:
                        "weight_sum": wsum, "choice": choice, **info}
                 if m == "scpo" and seed == seeds[0] and cfg.output.save_models:
                     sub = "adapters" if tc.mode == "lora" else "groups"
-                    mdir = run_dir / ".saved" / sub / g
-                    shutil.rmtree(mdir, ignore_errors=True)
+                    name = f"{sub}/{path_component(g)}"
+                    mdir = run_dir / ".saved" / name
+                    rmtree_inside(mdir, run_dir)
                     model.save_pretrained(mdir)
                     if tc.mode != "lora":
                         rm.tokenizer.save_pretrained(mdir)
-                    rec["model_name"], rec["model_dir"] = f"{sub}/{g}", str(mdir)
+                    rec["model_name"], rec["model_dir"], rec["group"] = name, str(mdir), g
                     models[rec["model_name"]] = str(mdir)
                 atomic_write_json(done, rec)
                 log_work("job_trained", n=0, job=key, steps_run=info["steps_run"], resumed_from_step=info["resumed_from_step"])
