@@ -1,6 +1,6 @@
-"""The previous head trainer of :mod:`scpo.train` (one gather per job per step), kept as bench_groups' baseline.
+"""The previous head trainer of :mod:`scpo.heads` (one gather per job per step), kept as bench_groups' baseline.
 
-:func:`scpo.train.train_heads` now groups the jobs that draw the same mini-batches (the grid
+:func:`scpo.heads.train_heads` now groups the jobs that draw the same mini-batches (the grid
 cells of one group, method, seed and fold) and does one gather per stream; this per-job version
 is what it replaced. Same streams and math: the same choices, heads within float rounding.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from scpo.train import HeadJob, _hash32
+from scpo.heads import HeadJob, _hash32
 
 
 def train_heads_per_job(

@@ -9,7 +9,7 @@ parameters) with random weights and a one-output score layer, and fed random tok
 lengths are those of PRISM-like (prompt, response) texts (the packaged tokenizer's counts of
 ``_common.prism_like`` texts, 4 responses per interaction). Three measurements, side by side:
 
-1. **Scoring**: scpo's scoring loop (``scpo.score._forward_features``: every text sorted by
+1. **Scoring**: scpo's scoring loop (``scpo.forward.forward``: every text sorted by
    length, batches of ``--batch-size``, dynamic padding, ``torch.inference_mode``) against the
    reference approach (batches that never cross an interaction, at most 8 texts, padded to the
    chunk's longest, dataset order, ``torch.no_grad`` granted). Texts/s, the ratio, and the largest
@@ -34,7 +34,6 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 
 from _common import footer, header, non_embedding_params, packaged_model_with_head, prism_like, write_json
 
@@ -60,7 +59,7 @@ def reward_model(model, tok, device, dtype):
     from scpo.model import InputFormatter, RewardModel
 
     model = model.to(device=device, dtype=dtype).eval()
-    rm = RewardModel(model, tok, InputFormatter.for_tokenizer(tok, "text-pair", 512), "deberta-v3-base-random", "random")
+    rm = RewardModel(model, tok, InputFormatter.for_tokenizer(tok, "text-pair", 512), "deberta-v3-base-random")
     rm.set_head(torch.randn(rm.feature_dim, generator=torch.Generator().manual_seed(0)) / rm.feature_dim**0.5, 0.0)
     return rm
 
@@ -83,17 +82,16 @@ def token_ids(packaged, n_texts: int, seed: int, vocab: int) -> tuple[list[list[
 
 def scpo_rewards(rm, ids, batch_size, device) -> np.ndarray:
     """scpo's scoring loop on token ids: length-sorted batches, dynamic padding, inference mode."""
-    from scpo.score import _flat, _forward_features, _Tokens
+    from scpo.forward import Tokens, forward, plan
 
-    flat, lengths = _flat(ids, np.int32)
-    tokens = _Tokens(flat, None, np.concatenate([[0], np.cumsum(lengths)]))
-    order = np.argsort(lengths, kind="stable")[::-1]
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    tokens = Tokens(np.concatenate([np.asarray(x, dtype=np.int32) for x in ids]), None,
+                    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    batches = plan(lengths, batch_size)
     w, b = rm.head_params()
     out = np.zeros(len(ids))
-    with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            bi = order[s:s + batch_size]
-            out[bi] = _forward_features(rm, tokens.batch(bi, 0), device).astype(np.float64) @ w.numpy() + float(b)
+    for i, f in forward(rm.model, tokens, batches, pad_id=0, output="features", module=rm.score_layer):
+        out[batches[i]] = f.astype(np.float64) @ w.numpy() + float(b)
     return out
 
 
@@ -148,7 +146,7 @@ def train_arm(model, ids_c, ids_r, *, pad_to, batch_size, steps, bf16, seed=0) -
     import torch
     from transformers import TrainerCallback
 
-    from scpo.config import TrainConfig
+    from scpo.config import TrainConfig, TrainerConfig
     from scpo.trainer import PairCollator, SCPOTrainer, training_arguments
 
     ds = datasets.Dataset.from_dict({"chosen_input_ids": ids_c, "rejected_input_ids": ids_r,
@@ -173,9 +171,9 @@ def train_arm(model, ids_c, ids_r, *, pad_to, batch_size, steps, bf16, seed=0) -
     for m in model.modules():  # dropout off (scpo's default): both arms must give the same losses
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    tc = TrainConfig(mode="full", batch_size=batch_size, group_by_length=True, bf16=bf16)
+    tc, trc = TrainConfig(mode="full", batch_size=batch_size), TrainerConfig(group_by_length=True, bf16=bf16)
     with tempfile.TemporaryDirectory() as out:
-        args = training_arguments(out, tc, learning_rate=1e-6, max_steps=steps + 1, seed=seed, save_steps=0,
+        args = training_arguments(out, tc, trc, learning_rate=1e-6, max_steps=steps + 1, seed=seed, save_steps=0,
                                   logging_steps=10**6)
         trainer = Recording(model=model, args=args, train_dataset=ds,
                             data_collator=PairCollator(0, pad_to=pad_to), callbacks=[Clock()])

@@ -7,8 +7,8 @@ Loads the real GlobalOpinionQA copy (``--data-path``; default ``../shared/data/g
 global_opinions_partial.csv``) with every country as a group, scores every distinct (question,
 option) once with the packaged encoder (cached under ``--cache-dir``: the first run pays for it,
 later runs do not), trains the global head on the pooled population pairs, then times
-:func:`scpo.pipeline.fit_heads` — the grid search on 3 validation folds and the refit of every
-(country, method, seed), all batched into :func:`scpo.train.train_heads` calls, not a Python loop
+:func:`scpo.fitting.fit` — the grid search on 3 validation folds and the refit of every
+(country, method, seed), all batched into :func:`scpo.heads.train_heads` calls, not a Python loop
 per group. ``--engine both`` (default) times the previous per-job trainer (``bench/_perjob.py``)
 and scpo's ``train_heads`` (the grid cells of a stream share one gather) side by side on
 ``--compare-seeds`` seeds, checks they give the same heads, then runs scpo's on all seeds.
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from scpo.pipeline import fit_heads, prepare
+    import scpo.fitting
+    from scpo.experiment import prepare
 
     header("benchmark 6: many groups (GlobalOpinionQA, every country x every method x seeds, head mode)")
     countries = all_countries(args.data_path)
@@ -94,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         return grid, len(groups) * len(trained) * seeds
 
     def fit(engine: str, seeds: int) -> tuple[float, dict, float]:
-        import scpo.pipeline as pl
-
+        pl = scpo.fitting
         saved = pl.train_heads, pl.val_accuracy
         if engine == "per-job":
             from _perjob import train_heads_per_job, val_accuracy_per_job
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             with PeakMemory() as pm:
                 t = time.perf_counter()
-                thetas, _ = fit_heads(exp, methods, list(range(seeds)), progress=False)
+                thetas = pl.fit(exp, methods, list(range(seeds)), progress=False).models
                 dt = time.perf_counter() - t
         finally:
             pl.train_heads, pl.val_accuracy = saved
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         k = min(args.compare_seeds, args.seeds)
         t_a, th_a, _ = fit("per-job", k)
         t_b, th_b, _ = fit("scpo", k)
-        diff = max(float(np.max(np.abs(th_a[key][0] - th_b[key][0]))) for key in th_a)
+        diff = max(float(np.max(np.abs(th_a[key] - th_b[key]))) for key in th_a)
         print(f"   same workload: scpo/per-job speed-up {t_a / t_b:.1f}x; largest parameter difference {diff:.1e}")
         res.update(compare_seeds=k, per_job_fit_s=t_a, scpo_fit_s=t_b, speedup=t_a / t_b, max_param_diff=diff)
         if args.seeds > k:

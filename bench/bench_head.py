@@ -40,8 +40,9 @@ CASES = ("default-cold", "default-warm", "10x-warm")
 def child(case: str, cache: str, out: str) -> None:
     """Runs in a fresh process: one pipeline run, prints a JSON line with its figures."""
     from scpo.config import RunConfig
+    from scpo.experiment import prepare
     from scpo.load.synthetic import PRESETS
-    from scpo.pipeline import prepare, run
+    from scpo.pipeline import run
 
     size = case.split("-")[0]
     PRESETS["bench-10x"] = replace(PRESETS["default"], annotators_minority=10 * PRESETS["default"].annotators_minority,

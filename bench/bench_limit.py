@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     p_all = sum(p.numel() for p in rm.model.parameters())
     p_mm = non_embedding_params(rm.model)
     cfg = rm.model.config
-    from scpo.score import resolve_batch_size
+    from scpo.forward import resolve_batch_size
 
     args.batch_size = resolve_batch_size(args.batch_size, next(rm.model.parameters()).device)
     texts = prism_like(args.texts, seed=args.seed)

@@ -5,10 +5,10 @@
 
 Writes a synthetic PRISM-like pair table (users in 40 groups of skewed sizes, each interaction a
 user prompt and 4 responses, all 6 pairs of them ordered by a rating) as an Arrow IPC file, a chunk
-at a time, memory-maps it (:func:`scpo.scale.open_pairs`) and runs the main pipeline on it:
-:func:`scpo.pipeline.prepare` (checks, split, distinct texts by dictionary encoding, features
+at a time, memory-maps it (:func:`scpo.load.arrow.open_pairs`) and runs the main pipeline on it:
+:func:`scpo.experiment.prepare` (checks, split, distinct texts by dictionary encoding, features
 scored into a memory-mapped ``.npy`` and the feature cache, global head, margins), then
-:func:`scpo.pipeline.fit_heads` (selection and batched head training, grid search on 3 folds) for
+:func:`scpo.fitting.fit` (selection and batched head training, grid search on 3 folds) for
 every group. No stage holds the data as Python lists. ``--warm`` runs ``prepare`` a second time,
 every feature then coming from the cache.
 
@@ -99,9 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from scpo.config import RunConfig
+    from scpo.experiment import prepare
+    from scpo.fitting import fit
     from scpo.load import PreferenceData
-    from scpo.pipeline import fit_heads, prepare
-    from scpo.scale import open_pairs, tiny_encoder
+    from scpo.load.arrow import open_pairs
+    from scpo.testing import tiny_encoder
 
     torch.set_num_threads(args.threads)
     header(f"benchmark 5: scale ({args.responses:,} responses, {args.groups} groups), Arrow + memory-mapped path")
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             st = exp.score_stats
 
             t = time.perf_counter()
-            thetas, _ = fit_heads(exp, methods, list(range(args.seeds)), progress=False)
+            thetas = fit(exp, methods, list(range(args.seeds)), progress=False).models
             stage("select + head training (grid + refit)", t)
             if args.warm:
                 del exp

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     header("benchmark 1: scoring (scpo vs the reference approach)")
     rm = packaged_model_with_head(args.seed)
-    from scpo.score import resolve_batch_size
+    from scpo.forward import resolve_batch_size
 
     args.batch_size = resolve_batch_size(args.batch_size, next(rm.model.parameters()).device)
     texts = prism_like(args.texts, seed=args.seed)

@@ -51,7 +51,7 @@ def run_arm(rm, pairs, *, pad_to: int | None, group_by_length: bool, steps: int,
     import torch
     from transformers import TrainerCallback
 
-    from scpo.config import TrainConfig
+    from scpo.config import TrainConfig, TrainerConfig
     from scpo.trainer import PairCollator, SCPOTrainer, build_pair_dataset, training_arguments
 
     prompts, chosen, rejected = pairs
@@ -80,9 +80,9 @@ def run_arm(rm, pairs, *, pad_to: int | None, group_by_length: bool, steps: int,
         def on_step_end(self, args, state, control, **kw):
             ends.append(time.perf_counter())
 
-    tc = TrainConfig(mode="full", batch_size=batch_size, group_by_length=group_by_length)
+    tc, trc = TrainConfig(mode="full", batch_size=batch_size), TrainerConfig(group_by_length=group_by_length)
     with tempfile.TemporaryDirectory() as out:
-        targs = training_arguments(out, tc, learning_rate=lr, max_steps=steps, seed=seed, save_steps=0,
+        targs = training_arguments(out, tc, trc, learning_rate=lr, max_steps=steps, seed=seed, save_steps=0,
                                    logging_steps=10**6)
         collator = PairCollator(rm.tokenizer.pad_token_id or 0, pad_to=pad_to)
         if multiple_of > 1:  # dynamic padding rounded up to a multiple: fewer distinct shapes

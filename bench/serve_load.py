@@ -53,7 +53,7 @@ def get_json(port: int, path: str, timeout: float = 10.0) -> dict[str, Any]:
 def make_model(workdir: Path) -> Path:
     """Train the tiny synthetic preset (head mode, packaged encoder) and export its models in place."""
     from scpo import RunConfig, run
-    from scpo.steer import export_artifact
+    from scpo.export import export_artifact
 
     run_dir = workdir / "run"
     cfg = RunConfig().replace(synthetic_preset="tiny", steps=[20], output_dir=str(run_dir),
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("training the tiny synthetic preset (packaged encoder) ...", file=sys.stderr, flush=True)
         model = make_model(work)
-    from scpo.steer import read_reference, resolve_artifact
+    from scpo.artifact import read_reference, resolve_artifact
 
     prompts, responses, _ = read_reference(resolve_artifact(model))
     texts = list(zip(prompts, responses)) or [("How do I greet my neighbour?", "Say hello and smile.")]

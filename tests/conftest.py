@@ -23,7 +23,7 @@ def packaged_rm():
 def tiny_experiment(tmp_path_factory):
     """The tiny synthetic preset, prepared (split, global head trained, features cached)."""
     from scpo.config import RunConfig
-    from scpo.pipeline import prepare
+    from scpo.experiment import prepare
 
     root = tmp_path_factory.mktemp("tiny")
     cfg = RunConfig().replace(

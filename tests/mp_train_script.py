@@ -32,17 +32,12 @@ import torch  # noqa: E402
 
 
 def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int, batch_size: int) -> None:
-    from scpo.config import TrainConfig
+    from scpo.config import TrainConfig, TrainerConfig
+    from scpo.forward import rewards_of
+    from scpo.jobs import _make_model
     from scpo.load.synthetic import generate
-    from scpo.scale import tiny_encoder
-    from scpo.trainer import (
-        PairCollator,
-        SCPOTrainer,
-        _make_model,
-        build_pair_dataset,
-        forward_rewards,
-        training_arguments,
-    )
+    from scpo.testing import tiny_encoder
+    from scpo.trainer import PairCollator, SCPOTrainer, build_pair_dataset, training_arguments
 
     rm = tiny_encoder(hidden=32, layers=2, seed=0)
     g = torch.Generator().manual_seed(1)
@@ -55,8 +50,9 @@ def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int,
     prompts, chosen, rejected = list(pairs["prompt"]), list(pairs["chosen"]), list(pairs["rejected"])
     ds = build_pair_dataset(rm.tokenizer, rm.formatter, prompts, chosen, rejected, np.ones(n_pairs))
     ds = ds.add_column("pair_index", list(range(len(ds))))
-    tc = TrainConfig(mode=mode, batch_size=batch_size, group_by_length=grouped, lora_target_modules=["query", "value"])
-    model = _make_model(rm, mode, tc, scratch=False)
+    tc = TrainConfig(mode=mode, batch_size=batch_size)
+    trc = TrainerConfig(group_by_length=grouped, lora_target_modules=["query", "value"])
+    model = _make_model(rm, mode, trc, scratch=False)
     seen: list[list[int]] = []
     base = PairCollator(rm.tokenizer.pad_token_id or 0)
 
@@ -73,7 +69,7 @@ def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int,
             return loss
 
     with tempfile.TemporaryDirectory() as tmp:
-        targs = training_arguments(tmp, tc, learning_rate=1e-2, max_steps=steps, seed=0, save_steps=0,
+        targs = training_arguments(tmp, tc, trc, learning_rate=1e-2, max_steps=steps, seed=0, save_steps=0,
                                    logging_steps=10**6, dataloader_num_workers=0, disable_tqdm=True)
         trainer = Recording(model=model, args=targs, train_dataset=ds, data_collator=collate)
         trainer.train()
@@ -93,8 +89,8 @@ def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int,
     # collective under a launcher: every rank scores its share of the batches, every rank gets every reward
     calls = [0]
     hook = final.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    rw_c = forward_rewards(final, rm.tokenizer, rm.formatter, prompts, chosen, batch_size=8)
-    rw_r = forward_rewards(final, rm.tokenizer, rm.formatter, prompts, rejected, batch_size=8)
+    rw_c = rewards_of(final, rm.tokenizer, rm.formatter, prompts, chosen, batch_size=8)
+    rw_r = rewards_of(final, rm.tokenizer, rm.formatter, prompts, rejected, batch_size=8)
     hook.remove()
     rec["margins"] = (rw_c - rw_r).tolist()
     rec["eval_forward_passes"] = calls[0]
@@ -104,24 +100,25 @@ def train_variant(out: Path, mode: str, grouped: bool, steps: int, n_pairs: int,
 
 def score_variant(out: Path, n_texts: int = 160, batch_size: int = 16) -> None:
     """``encode_features`` (the global model's scoring) of the synthetic texts: features and forward passes."""
+    from scpo.instrument import COUNTS
     from scpo.load.synthetic import generate
     from scpo.parallel import rank_and_world
-    from scpo.scale import tiny_encoder
-    from scpo.score import FORWARD_PASSES, encode_features
+    from scpo.score import encode_features
+    from scpo.testing import tiny_encoder
 
     rm = tiny_encoder(hidden=32, layers=2, seed=0)
     pairs = generate("tiny", seed=0).pairs
     prompts = list(pairs["prompt"]) * 2
     responses = list(pairs["chosen"]) + list(pairs["rejected"])
     prompts, responses = prompts[:n_texts], responses[:n_texts]
-    before = FORWARD_PASSES["count"]
+    before = COUNTS["scoring_forward_passes"]
     feats, stats = encode_features(rm, prompts, responses, batch_size=batch_size, progress=False, kill_point=None)
     rank, world = rank_and_world()
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         np.save(out / "features.npy", feats)
     rec = {"rank": rank, "world_size": world, "distinct": stats["distinct"], "computed": stats["computed"],
-           "forward_passes": FORWARD_PASSES["count"] - before,
+           "forward_passes": COUNTS["scoring_forward_passes"] - before,
            "features_sha256": hashlib.sha256(np.ascontiguousarray(feats).tobytes()).hexdigest()}
     (out / f"rank{rank}.json").write_text(json.dumps(rec))
 

@@ -22,8 +22,8 @@ import pytest
 from scpo.cli import main
 from scpo.config import RunConfig
 from scpo.errors import CacheCorruptWarning, DataWarning, InputError, TruncationWarning
+from scpo.experiment import prepare
 from scpo.load import load_data
-from scpo.pipeline import prepare
 
 
 @pytest.fixture(autouse=True)
@@ -440,21 +440,22 @@ def test_group_without_a_train_or_test_pair_after_the_split(tmp_path):
     assert not any("'A'" in m or "'B'" in m for m in msgs)
 
 
-def test_non_finite_features_from_the_model_stop_the_run(packaged_rm, monkeypatch):
+def test_non_finite_features_from_the_model_stop_the_run(packaged_rm):
     from scpo import score
     from scpo.errors import ScpoError
 
-    real = score._forward_features
+    def nan_input(_module, args):  # the model itself produces a NaN feature for the first input of a batch
+        x = args[0].clone()
+        x[0, 0] = float("nan")  # the longest input comes first: row 2
+        return (x,)
 
-    def nan_features(*a, **k):
-        out = real(*a, **k)
-        out[0, 0] = np.nan  # the longest input comes first: row 2
-        return out
-
-    monkeypatch.setattr(score, "_forward_features", nan_features)
-    with pytest.raises(ScpoError, match="data.csv, row 2: the global model produced non-finite features"):
-        score.encode_features(packaged_rm, ["p", "q"], ["a", "b b b b b"], progress=False,
-                              describe=lambda i: f"data.csv, row {i + 1}")
+    handle = packaged_rm.score_layer.register_forward_pre_hook(nan_input)
+    try:
+        with pytest.raises(ScpoError, match="data.csv, row 2: the global model produced non-finite features"):
+            score.encode_features(packaged_rm, ["p", "q"], ["a", "b b b b b"], progress=False,
+                                  describe=lambda i: f"data.csv, row {i + 1}")
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize(("column", "values", "row"), [

@@ -8,9 +8,10 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from scpo import score  # noqa: E402
 from scpo.config import RunConfig  # noqa: E402
-from scpo.pipeline import prepare, run  # noqa: E402
+from scpo.experiment import prepare  # noqa: E402
+from scpo.instrument import COUNTS  # noqa: E402
+from scpo.pipeline import run  # noqa: E402
 
 
 def _cfg(tmp_path, **kw) -> RunConfig:
@@ -24,15 +25,15 @@ def _cfg(tmp_path, **kw) -> RunConfig:
 
 
 def test_second_run_with_other_tau_and_beta_runs_no_forward_pass(tmp_path):
-    before = score.FORWARD_PASSES["count"]
+    before = COUNTS["scoring_forward_passes"]
     first = run(_cfg(tmp_path), progress=False)
-    first_passes = score.FORWARD_PASSES["count"] - before
+    first_passes = COUNTS["scoring_forward_passes"] - before
     assert first_passes > 0
     assert first["scoring"]["computed"] > 0
 
-    mid = score.FORWARD_PASSES["count"]
+    mid = COUNTS["scoring_forward_passes"]
     second = run(_cfg(tmp_path, tau=0.55, beta=0.5, output_dir=str(tmp_path / "run2")), progress=False)
-    assert score.FORWARD_PASSES["count"] - mid == 0
+    assert COUNTS["scoring_forward_passes"] - mid == 0
     assert second["scoring"]["computed"] == 0
     assert second["scoring"]["cached"] == second["scoring"]["distinct"] > 0
     assert second["scoring"]["forward_passes"] == 0
@@ -41,9 +42,9 @@ def test_second_run_with_other_tau_and_beta_runs_no_forward_pass(tmp_path):
 def test_prepare_reuses_features_by_model_fingerprint_and_text_hash(tmp_path):
     exp1 = prepare(_cfg(tmp_path), progress=False)
     for change in ({"tau": 0.6}, {"beta": 3.0}, {"methods": ["global", "scpo", "weight-only"]}):
-        mid = score.FORWARD_PASSES["count"]
+        mid = COUNTS["scoring_forward_passes"]
         exp2 = prepare(_cfg(tmp_path, **change), rm=exp1.rm if "beta" in change else None, progress=False)
-        assert score.FORWARD_PASSES["count"] - mid == 0, change
+        assert COUNTS["scoring_forward_passes"] - mid == 0, change
         assert exp2.score_stats["computed"] == 0
         # the cached features are the same numbers, so the global model and its margins are too
         np.testing.assert_array_equal(exp1.features, exp2.features)
@@ -52,7 +53,7 @@ def test_prepare_reuses_features_by_model_fingerprint_and_text_hash(tmp_path):
 
 def test_another_cache_dir_recomputes(tmp_path):
     prepare(_cfg(tmp_path), progress=False)
-    mid = score.FORWARD_PASSES["count"]
+    mid = COUNTS["scoring_forward_passes"]
     exp = prepare(_cfg(tmp_path, cache_dir=str(tmp_path / "other")), progress=False)
-    assert score.FORWARD_PASSES["count"] - mid > 0
+    assert COUNTS["scoring_forward_passes"] - mid > 0
     assert exp.score_stats["cached"] == 0

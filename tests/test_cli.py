@@ -51,7 +51,8 @@ def test_config_unknown_key_and_yaml_override(tmp_path, capsys):
     assert main(["run", "--config", str(bad)]) == 2
     assert "select.tua" in capsys.readouterr().err
     from scpo.cli import build_parser
-    from scpo.config import RunConfig, config_from_args
+    from scpo.cli.common import config_from_args
+    from scpo.config import RunConfig
 
     good = tmp_path / "good.yaml"
     good.write_text("select:\n  tau: 0.6\n  beta: .inf\ntrain:\n  seeds: [1, 2]\n")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scpo.curves import efficiency_ratio, reach_point, subsample_positions
+from scpo.studies.curves import efficiency_ratio, reach_point, subsample_positions
 from test_report import tiny_run
 
 

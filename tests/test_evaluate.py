@@ -121,7 +121,7 @@ def _split(split_seed: int = 0) -> SplitMargins:
 
 
 def test_evaluate_splits_hand_case():
-    out = evaluate_splits([_split()], ["g1", "g2"], ["global", "a", "b"], [0, 1], n_boot=500,
+    out, _ = evaluate_splits([_split()], ["g1", "g2"], ["global", "a", "b"], [0, 1], n_boot=500,
                           comparisons=[("a", "b"), ("a", "global")])
     m = out["metrics"]
     assert m["g1"]["global"]["all"]["mean"] == pytest.approx(8 / 12)
@@ -149,7 +149,7 @@ def test_evaluate_splits_hand_case():
 
 
 def test_evaluate_several_splits_covers_split_variance():
-    out = evaluate_splits([_split(0), _split(1)], ["g1", "g2"], ["global", "a", "b"], [0, 1], n_boot=300)
+    out, _ = evaluate_splits([_split(0), _split(1)], ["g1", "g2"], ["global", "a", "b"], [0, 1], n_boot=300)
     assert any("split" in x for x in out["ci"]["resamples"])
     e = out["metrics"]["g1"]["b"]["all"]
     assert len(e["per_run"]) == 4 and e["mean"] == pytest.approx(0.75)
@@ -164,7 +164,7 @@ def test_clustered_test_is_not_fooled_by_one_unit_mcnemar_is():
     b[:10] = -1.0
     sp = SplitMargins(split_seed=0, test_group=group, clusters=clusters, global_margin=np.ones(200),
                       margins={("g", "a", 0): np.ones(200), ("g", "b", 0): b})
-    t = evaluate_splits([sp], ["g"], ["a", "b"], [0], n_boot=2000, comparisons=[("a", "b")])["tests"]
+    t = evaluate_splits([sp], ["g"], ["a", "b"], [0], n_boot=2000, comparisons=[("a", "b")])[0]["tests"]
     res = t["per_group"]["a vs b"]["g"]["all"]
     assert res["diff"] == pytest.approx(0.05)
     assert res["mcnemar"]["p_value"] < 0.01  # 10 discordant pairs, all one way

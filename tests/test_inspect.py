@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scpo.cli import main
 from scpo.config import RunConfig
-from scpo.inspect import inspect_data
+from scpo.experiment import inspect_data
 
 
 def test_inspect_counts_and_selection(tmp_path):

@@ -1,6 +1,6 @@
 """Interruptions: SIGKILL at named points (scoring, training, report), then the same command again.
 
-The process kills itself at a named point (``SCPO_KILL_AT``, :func:`scpo.reliability.maybe_kill`),
+The process kills itself at a named point (``SCPO_KILL_AT``, :func:`scpo.instrument.point`),
 not on a timer, so the tests are deterministic. Each resumed run must end with the same results as
 an uninterrupted one, having done strictly less work, counted in the run's work log.
 """
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from scpo.names import path_component
-from scpo.reliability import RunLock, work_summary
+from scpo.rundir import RunLock, work_summary
 
 KILLED = -signal.SIGKILL
 COMPARED = ("data", "global_model", "selection", "methods", "seeds", "mode", "grid", "metrics", "summary")
@@ -37,7 +37,7 @@ FULL = [*TINY, "--mode", "full", "--steps", "2", "--batch-size", "4", "--max-len
 def fresh_run(args: list[str], out: Path, cache: Path) -> dict:
     """The uninterrupted reference run, in this process (the same code path as the CLI)."""
     from scpo.cli import build_parser
-    from scpo.config import config_from_args
+    from scpo.cli.common import config_from_args
     from scpo.pipeline import run
 
     cfg = config_from_args(build_parser().parse_args(["run", *args, "--output-dir", str(out), "--cache-dir", str(cache)]))
@@ -177,7 +177,7 @@ def test_a_locked_run_directory_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("point", ["nowhere", ""])
 def test_kill_points_do_nothing_unless_named(point, monkeypatch):
-    from scpo.reliability import maybe_kill
+    from scpo.instrument import point as maybe_kill
 
     monkeypatch.setenv("SCPO_KILL_AT", point)
     for name in ("scoring", "training", "job", "report"):

@@ -94,8 +94,8 @@ def test_full_mode_group_names_stay_inside_the_run_directory(tmp_path: Path) -> 
 
 
 def test_a_manifest_path_outside_the_artifact_is_refused(tmp_path: Path) -> None:
+    from scpo.artifact import group_dir as _group_dir
     from scpo.errors import ScpoError
-    from scpo.steer import _group_dir
 
     (tmp_path / "models" / "groups").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()

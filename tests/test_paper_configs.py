@@ -34,8 +34,9 @@ def _prism_fixture(root: Path) -> Path:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_paper_config_builds(path, tmp_path):
-    from scpo.pipeline import prepare
-    from scpo.trainer import _make_model, training_arguments
+    from scpo.experiment import prepare
+    from scpo.jobs import _make_model
+    from scpo.trainer import training_arguments
 
     cfg = RunConfig.from_yaml(path)
     assert cfg.select.tau == 0.7 and cfg.select.beta == 1.1 and cfg.data.dataset == "prism"
@@ -48,8 +49,8 @@ def test_paper_config_builds(path, tmp_path):
     assert sorted(exp.groups) == sorted(["Chile", "South Africa", "New Zealand", "Australia", "Mexico", "Israel",
                                          "Canada"])
     assert np.isfinite(exp.delta).all()
-    model = _make_model(exp.rm, cfg.train.mode, cfg.train, scratch=False)
-    args = training_arguments(str(tmp_path / "out"), cfg.train, learning_rate=cfg.train.learning_rates[0],
+    model = _make_model(exp.rm, cfg.train.mode, cfg.trainer, scratch=False)
+    args = training_arguments(str(tmp_path / "out"), cfg.train, cfg.trainer, learning_rate=cfg.train.learning_rates[0],
                               max_steps=cfg.train.steps[0], seed=0)
     assert args.max_steps == 1024 and args.learning_rate == cfg.train.learning_rates[0]
     if cfg.train.mode == "lora":

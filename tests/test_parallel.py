@@ -9,9 +9,10 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler
 
-from scpo.config import ConfigError, ModelConfig, TrainConfig
+from scpo.config import ConfigError, ModelConfig, TrainConfig, TrainerConfig
+from scpo.jobs import _make_model
 from scpo.parallel import default_device, map_batches, rank_and_world, union_mask
-from scpo.trainer import PairSampler, _make_model, training_arguments
+from scpo.trainer import PairSampler, training_arguments
 
 
 def _epochs(sampler: PairSampler, k: int) -> list[list[int]]:
@@ -86,30 +87,30 @@ def test_devices_and_cpu_training_arguments(tmp_path):
     assert ModelConfig(device="cuda:1").device == "cuda:1"
     with pytest.raises(ConfigError, match="--device"):
         ModelConfig(device="gpu")
-    args = training_arguments(str(tmp_path), TrainConfig(batch_size=8), learning_rate=1e-3, max_steps=2, seed=0)
+    args = training_arguments(str(tmp_path), TrainConfig(batch_size=8), TrainerConfig(), learning_rate=1e-3, max_steps=2, seed=0)
     assert args.use_cpu  # so that accelerate launch on a CPU machine trains data-parallel over gloo
     assert args.per_device_train_batch_size == 8
 
 
 @pytest.mark.parametrize("disable", [True, False])
 def test_disable_dropout(disable):
-    from scpo.scale import tiny_encoder
+    from scpo.testing import tiny_encoder
 
     rm = tiny_encoder(hidden=16, layers=1, heads=2)
     for m in rm.model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.1
-    model = _make_model(rm, "full", TrainConfig(mode="full", disable_dropout=disable), scratch=False)
+    model = _make_model(rm, "full", TrainerConfig(disable_dropout=disable), scratch=False)
     ps = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert ps == ({0.0} if disable else {0.1})
     assert {m.p for m in rm.model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}  # the global model is untouched
 
 
 def test_lora_initialisation_depends_on_the_job_seed_only():
-    from scpo.scale import tiny_encoder
+    from scpo.testing import tiny_encoder
 
     rm = tiny_encoder(hidden=16, layers=1, heads=2)
-    tc = TrainConfig(mode="lora", lora_target_modules=["query", "value"])
+    tc = TrainerConfig(lora_target_modules=["query", "value"])
 
     def lora_a(seed):
         model = _make_model(rm, "lora", tc, scratch=False, seed=seed)

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from scpo.config import DataConfig
+from scpo.heads import HeadJob, train_heads
 from scpo.load import add_split_column, assign_splits, load_data
-from scpo.select import keep_mask, log_sigmoid, scpo_weights, select_pairs, weighted_bt_loss
-from scpo.train import HeadJob, train_heads
+from scpo.selection import keep_mask, log_sigmoid, scpo_weights, select_pairs, weighted_bt_loss
 from scpo.trainer import SCPOTrainer
 
 MATH = settings(derandomize=True, deadline=None, max_examples=300)

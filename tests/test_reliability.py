@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from scpo import reliability
+from scpo import rundir as reliability
 from scpo.errors import CacheCorruptWarning, RunLockedError
-from scpo.reliability import (
+from scpo.rundir import (
     RunLock,
     atomic_write_json,
     atomic_write_text,
@@ -87,7 +87,7 @@ def test_run_lock_is_exclusive_and_released(tmp_path):
 
 
 def test_run_lock_dies_with_a_killed_holder(tmp_path):
-    code = (f"from scpo.reliability import RunLock, maybe_kill\n"
+    code = (f"from scpo.instrument import point as maybe_kill\nfrom scpo.rundir import RunLock\n"
             f"with RunLock({str(tmp_path / 'run')!r}):\n    maybe_kill('report')\n")
     p = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SCPO_KILL_AT": "report"})
     assert p.returncode == -9
@@ -98,7 +98,7 @@ def test_run_lock_dies_with_a_killed_holder(tmp_path):
 
 
 def test_kill_point_fires_on_the_nth_hit_only(tmp_path):
-    code = ("from scpo.reliability import maybe_kill\n"
+    code = ("from scpo.instrument import point as maybe_kill\n"
             "for i in range(3):\n    maybe_kill('job'); maybe_kill('report'); print(i, flush=True)\n")
     p = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SCPO_KILL_AT": "job:2"},
                        capture_output=True, text=True)
@@ -183,7 +183,7 @@ def test_cache_drops_a_checksum_whose_shard_never_arrived(tmp_path):
 
 
 def test_only_complete_checkpoints_are_resumed(tmp_path):
-    from scpo.trainer import COMPLETE_MARKER, last_complete_checkpoint
+    from scpo.jobs import COMPLETE_MARKER, last_complete_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):
         d = tmp_path / f"checkpoint-{step}"
@@ -206,28 +206,32 @@ def _fake_exp(tmp_path, **overrides):
 
 
 def test_job_fingerprint_tracks_what_determines_a_job(tmp_path):
-    from scpo.trainer import job_fingerprint
+    from scpo.jobs import job_fingerprint
 
-    base = job_fingerprint(_fake_exp(tmp_path), "g__scpo__seed0")
-    assert base == job_fingerprint(_fake_exp(tmp_path), "g__scpo__seed0")
+    def fp(exp, key="g__scpo__seed0", rows=(0, 1, 2)):
+        return job_fingerprint(exp, key, np.asarray(rows), exp.cfg.select.tau, exp.cfg.select.beta)
+
+    base = fp(_fake_exp(tmp_path))
+    assert base == fp(_fake_exp(tmp_path))
     # irrelevant to the result: output, cache, scoring batch, checkpoint interval, methods list
     for same in ({"cache_dir": "/elsewhere"}, {"score_batch_size": 7}, {"save_steps": 5}, {"methods": ["scpo"]},
                  {"plots": False}, {"output_dir": str(tmp_path / "other")}):
-        assert job_fingerprint(_fake_exp(tmp_path, **same), "g__scpo__seed0") == base, same
+        assert fp(_fake_exp(tmp_path, **same)) == base, same
     for other in ({"tau": 0.5}, {"beta": 2.0}, {"learning_rates": [1e-5]}, {"steps": [7]}, {"split_seed": 1},
-                  {"max_length": 64}, {"batch_size": 3}):
-        assert job_fingerprint(_fake_exp(tmp_path, **other), "g__scpo__seed0") != base, other
-    assert job_fingerprint(_fake_exp(tmp_path), "g__full__seed0") != base
+                  {"max_length": 64}, {"batch_size": 3}, {"lora_r": 4}):
+        assert fp(_fake_exp(tmp_path, **other)) != base, other
+    assert fp(_fake_exp(tmp_path), "g__full__seed0") != base
+    assert fp(_fake_exp(tmp_path), rows=(0, 2)) != base  # a learning-curve subset of the training rows
     other_rows = _fake_exp(tmp_path)
-    other_rows.split = np.array(["train"] * 3 + ["unused", "test"])  # a learning-curve subset, say
-    assert job_fingerprint(other_rows, "g__scpo__seed0") != base
+    other_rows.split = np.array(["train"] * 3 + ["test", "test"])  # another test set
+    assert fp(other_rows) != base
     other_data = _fake_exp(tmp_path)
     other_data.data.provenance = {"sha256": "d2"}  # the same file name, other content
-    assert job_fingerprint(other_data, "g__scpo__seed0") != base
+    assert fp(other_data) != base
 
 
 def test_a_finished_job_of_another_config_is_trained_again(tmp_path):
-    from scpo.trainer import _finished_job
+    from scpo.jobs import _finished_job
 
     rec = {"margins": [0.5], "pairs": 3, "weight_sum": 2.0, "choice": {}, "fingerprint": "old"}
     done = tmp_path / "jobs" / "g__scpo__seed0.json"
@@ -244,8 +248,8 @@ def test_a_finished_job_of_another_config_is_trained_again(tmp_path):
 def test_a_saved_model_moved_by_a_killed_report_is_found_again(tmp_path):
     """``report.save_models`` moves ``.saved/<name>`` into ``models/<name>``; a re-run after a kill
     puts it back (hard links) so that the report can move it again."""
+    from scpo.jobs import _finished_job
     from scpo.names import path_component
-    from scpo.trainer import _finished_job
 
     name = f"groups/{path_component('g')}"
     moved = tmp_path / "models" / name
@@ -288,9 +292,10 @@ def test_same_config_and_seed_give_identical_numbers_head_mode(tmp_path):
     from safetensors.torch import load_file
 
     from scpo.config import RunConfig
+    from scpo.experiment import prepare
     from scpo.load import file_sha256
-    from scpo.pipeline import prepare, run
-    from scpo.select import select_pairs
+    from scpo.pipeline import run
+    from scpo.selection import select_pairs
 
     data = _pairs_file(tmp_path)
     outs = []

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from scpo.report import PLOT_FILES, build_report, rebuild, strict_json
+from scpo.plots import PLOT_FILES
+from scpo.report import rebuild, strict_json
+from scpo.report_md import build_report
 
 TINY_ARGS = [
     "--quiet", "--synthetic-preset", "tiny", "--methods", "global,full,scpo,filter-only,weight-only",

@@ -14,9 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from scpo.config import RunConfig  # noqa: E402
 from scpo.load import pair_table  # noqa: E402
+from scpo.load.arrow import open_pairs
 from scpo.load.synthetic import generate  # noqa: E402
-from scpo.scale import open_pairs, tiny_encoder  # noqa: E402
 from scpo.score import TextIndex, distinct_texts, encode_features  # noqa: E402
+from scpo.testing import tiny_encoder  # noqa: E402
 
 
 def _write(path, table: pa.Table) -> None:
@@ -91,7 +92,9 @@ def test_features_in_chunks_and_into_a_memmap_equal_one_call(tiny_data, tmp_path
 
 
 def test_prepare_on_a_memory_mapped_table(tiny_data, tmp_path):
-    from scpo.pipeline import fit_heads, prepare, split_data
+    from scpo.experiment import prepare
+    from scpo.fitting import fit
+    from scpo.load import split_data
 
     loaded, mapped = tiny_data
     cfg = RunConfig().replace(synthetic_preset="tiny", methods=["global", "full", "scpo"], learning_rates=[1e-2],
@@ -118,13 +121,13 @@ def test_prepare_on_a_memory_mapped_table(tiny_data, tmp_path):
     w = rm.head_params()[0].numpy().astype(np.float64)
     np.testing.assert_allclose(exp.delta, (feats[exp.chosen_row].astype(np.float64) - feats[exp.rejected_row]) @ w,
                                atol=1e-6)
-    thetas, _ = fit_heads(exp, ["global", "full", "scpo"], [0], progress=False)
-    assert {k[0] for k in thetas} == set(exp.groups)
-    assert all(v[0].shape == (rm.feature_dim,) for v in thetas.values())
+    res = fit(exp, ["global", "full", "scpo"], [0], progress=False)
+    assert {k[0] for k in res.models} == set(exp.groups)
+    assert all(w.shape == (rm.feature_dim,) for w in res.models.values())
 
 
 def test_diffs_are_computed_once_per_rows(tiny_data, tmp_path):
-    from scpo.pipeline import prepare
+    from scpo.experiment import prepare
 
     _, mapped = tiny_data
     cfg = RunConfig().replace(synthetic_preset="tiny", global_steps=20, cache_dir=str(tmp_path / "c"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scpo import score as score_mod
+from scpo.instrument import COUNTS
 from scpo.score import FeatureCache, encode_features, rewards_from_features
 
 PROMPTS = ["How do I ask for a raise?", "Plan a family dinner.", "Tips for sleep?", "How do I ask for a raise?"]
@@ -38,14 +38,14 @@ def test_batched_equals_one_by_one(packaged_rm):
 
 def test_cache_second_run_scores_nothing(packaged_rm, tmp_path):
     cache = FeatureCache(tmp_path, packaged_rm.feature_key())
-    before = score_mod.FORWARD_PASSES["count"]
+    before = COUNTS["scoring_forward_passes"]
     f1, s1 = encode_features(packaged_rm, PROMPTS, RESPONSES, cache=cache, progress=False)
-    assert score_mod.FORWARD_PASSES["count"] > before and s1["computed"] == 3
+    assert COUNTS["scoring_forward_passes"] > before and s1["computed"] == 3
     # a fresh cache object (a new process) reads the shards from disk
     cache2 = FeatureCache(tmp_path, packaged_rm.feature_key())
-    mid = score_mod.FORWARD_PASSES["count"]
+    mid = COUNTS["scoring_forward_passes"]
     f2, s2 = encode_features(packaged_rm, PROMPTS, RESPONSES, cache=cache2, progress=False)
-    assert score_mod.FORWARD_PASSES["count"] == mid
+    assert COUNTS["scoring_forward_passes"] == mid
     assert s2["computed"] == 0 and s2["cached"] == 3
     np.testing.assert_array_equal(f1, f2)
 

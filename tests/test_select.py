@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scpo.select import (
+from scpo.selection import (
     inverse_weights,
     keep_mask,
     logit,

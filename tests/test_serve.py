@@ -21,8 +21,9 @@ import pytest
 import torch
 
 from scpo.cli import main
+from scpo.export import export_artifact
 from scpo.serve import ServeLimits, _error_message
-from scpo.steer import SteerableRewardModel, export_artifact
+from scpo.steer import SteerableRewardModel
 
 MAX_ITEMS, MAX_CHARS, MAX_BODY = 4, 300, 4096
 PROMPT = "How should I greet my new neighbour?"

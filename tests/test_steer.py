@@ -14,19 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from scpo.artifact import GLOBAL, compute_calibration, models_fingerprint, resolve_artifact
 from scpo.cli import main
 from scpo.errors import InputError, ScpoError
+from scpo.export import export_artifact, export_checkpoint
 from scpo.names import path_component
-from scpo.steer import (
-    GLOBAL,
-    SteerableRewardModel,
-    compute_calibration,
-    export_artifact,
-    export_checkpoint,
-    models_fingerprint,
-    parse_group,
-    resolve_artifact,
-)
+from scpo.steer import SteerableRewardModel, parse_group
 
 PROMPTS = ["How should I greet my new neighbour?"] * 3 + ["What should I cook for my family tonight?"] * 3
 RESPONSES = ["Say hello and smile.", "Bring a small gift and bow politely.", "Ignore them, it's none of your business.",
@@ -148,12 +141,13 @@ def test_rewards_equal_the_pipelines_scoring(artifact: Path, srm: SteerableRewar
     from safetensors.torch import load_file
 
     from scpo.config import ModelConfig
+    from scpo.forward import rewards_of
     from scpo.model import load_reward_model
-    from scpo.score import encode_features, rewards_from_features, score_texts
+    from scpo.score import encode_features, rewards_from_features
 
     rm = load_reward_model(ModelConfig(), path=str(artifact / "global"))
     assert rm.formatter == srm.formatter
-    np.testing.assert_allclose(srm.raw_rewards(PROMPTS, RESPONSES), score_texts(rm, PROMPTS, RESPONSES), atol=1e-5)
+    np.testing.assert_allclose(srm.raw_rewards(PROMPTS, RESPONSES), rewards_of(rm.model, rm.tokenizer, rm.formatter, PROMPTS, RESPONSES), atol=1e-5)
     feats, _ = encode_features(rm, PROMPTS, RESPONSES, progress=False, kill_point=None)
     heads = load_file(str(artifact / "heads.safetensors"))
     bias = float(rm.head_params()[1])

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from scpo.sweep import EVALUATE_DEFAULTS, SWEEP_DEFAULTS, cell_label
+from scpo.cli.runs import EVALUATE_DEFAULTS, SWEEP_DEFAULTS
+from scpo.studies.sweep import cell_label
 from test_report import tiny_run
 
 
@@ -39,7 +40,7 @@ def test_cell_label():
 
 
 def test_sweep_command_parses_lists_and_uses_its_defaults(monkeypatch, capsys):
-    import scpo.pipeline
+    import scpo.cli.runs
     from scpo.cli import main
 
     def nan_for_null(x):  # what run() returns holds NaN where results.json holds null
@@ -56,20 +57,20 @@ def test_sweep_command_parses_lists_and_uses_its_defaults(monkeypatch, capsys):
         seen["cfg"] = cfg
         return results
 
-    monkeypatch.setattr(scpo.pipeline, "run", fake_run)
+    monkeypatch.setattr(scpo.cli.runs, "run", fake_run)
     assert main(["sweep", "--quiet", "--tau", "0.5,1", "--beta", "1.1,inf", "--seeds", "0,1"]) == 0
     cfg = seen["cfg"]
-    assert cfg.train.sweep_taus == [0.5, 1.0] and cfg.train.sweep_betas == [1.1, math.inf]
+    assert cfg.studies.sweep_taus == [0.5, 1.0] and cfg.studies.sweep_betas == [1.1, math.inf]
     assert cfg.select.tau == 0.7  # --tau of the sweep does not change the run's own tau
     assert cfg.train.methods == SWEEP_DEFAULTS["methods"] and cfg.train.seeds == [0, 1]
     assert "sweep (all_groups)" in capsys.readouterr().out
     assert main(["sweep", "--quiet"]) == 0
-    assert seen["cfg"].train.sweep_taus == SWEEP_DEFAULTS["sweep_taus"]
+    assert seen["cfg"].studies.sweep_taus == SWEEP_DEFAULTS["sweep_taus"]
     assert seen["cfg"].output.output_dir == "runs/sweep"
     assert main(["evaluate", "--quiet", "--seeds", "3"]) == 0
     cfg = seen["cfg"]
     assert cfg.train.methods == EVALUATE_DEFAULTS["methods"] and cfg.train.seeds == [3]
-    assert cfg.train.curve_fractions == EVALUATE_DEFAULTS["curve_fractions"]
+    assert cfg.studies.curve_fractions == EVALUATE_DEFAULTS["curve_fractions"]
 
 
 def test_sweep_needs_head_mode(tmp_path):

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from scpo.config import TrainConfig
-from scpo.train import HeadJob, method_pairs, train_heads, val_accuracy
-from scpo.trainer import PairCollator, SCPOTrainer, build_pair_dataset, forward_rewards, training_arguments
+from scpo.config import TrainConfig, TrainerConfig
+from scpo.forward import rewards_of
+from scpo.heads import HeadJob, train_heads, val_accuracy
+from scpo.selection import method_pairs
+from scpo.trainer import PairCollator, SCPOTrainer, build_pair_dataset, training_arguments
 
 
 class _Out:
@@ -90,7 +92,7 @@ def _rule_data(n: int, seed: int):
 def test_trainer_modes_learn(packaged_rm, tmp_path, mode):
     import copy
 
-    from scpo.trainer import _make_model
+    from scpo.jobs import _make_model
 
     torch.manual_seed(0)
     rm = copy.copy(packaged_rm)
@@ -101,16 +103,16 @@ def test_trainer_modes_learn(packaged_rm, tmp_path, mode):
     rm.set_head(torch.randn(rm.feature_dim) * 0.05, 0.0)
     p, c, r = _rule_data(48, 0)
     vp, vc, vr = _rule_data(32, 1)
-    tc = TrainConfig(batch_size=8, mode=mode)
+    tc, trc = TrainConfig(batch_size=8, mode=mode), TrainerConfig()
 
     def val_acc(model):
-        rw = forward_rewards(model, rm.tokenizer, rm.formatter, vp + vp, vc + vr)
+        rw = rewards_of(model, rm.tokenizer, rm.formatter, vp + vp, vc + vr)
         return float((rw[:32] - rw[32:] > 0).mean())
 
     start = val_acc(rm.model)
-    model = _make_model(rm, mode, tc, scratch=False)
+    model = _make_model(rm, mode, trc, scratch=False)
     ds = build_pair_dataset(rm.tokenizer, rm.formatter, p, c, r, np.ones(len(p)))
-    args = training_arguments(str(tmp_path / "out"), tc, learning_rate=2e-4 if mode == "full" else 2e-3,
+    args = training_arguments(str(tmp_path / "out"), tc, trc, learning_rate=2e-4 if mode == "full" else 2e-3,
                               max_steps=12, seed=0, logging_steps=1)
     trainer = SCPOTrainer(model=model, args=args, train_dataset=ds, data_collator=PairCollator(0))
     trainer.train()

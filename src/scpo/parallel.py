@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .errors import ScpoError
+
 __all__ = ["default_device", "has_accelerator", "init_distributed", "is_main_process", "map_batches",
-           "rank_and_world", "union_mask"]
+           "rank_and_world", "resolve_device", "union_mask"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -43,6 +45,25 @@ def default_device() -> torch.device:
     if xpu is not None and xpu.is_available():
         return torch.device("xpu", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The one device picker: ``auto``/None -> :func:`default_device`, else that torch device,
+    checked to exist here (:class:`~scpo.errors.ScpoError` naming it otherwise)."""
+    if name in (None, "auto"):
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ScpoError(f"--device {name!r}: not a torch device ({e})") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                 "xpu": getattr(torch, "xpu", None) is not None and torch.xpu.is_available()}
+    if not available.get(device.type, False):
+        raise ScpoError(f"--device {name!r}: no {device.type} device on this machine (use auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ScpoError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def has_accelerator() -> bool:

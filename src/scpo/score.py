@@ -27,7 +27,7 @@ and its features are bit-identical on the same machine.
 from __future__ import annotations
 
 import hashlib
-import itertools
+import io
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -36,19 +36,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 from tqdm.auto import tqdm
 
 from .errors import CacheCorruptWarning, ScpoError, TruncationWarning
+from .forward import Tokens, forward, plan, resolve_batch_size, tokenize
+from .instrument import point
 from .load.base import dictionary_codes
 from .model import RewardModel
+from .parallel import is_main_process, rank_and_world, union_mask
+from .rundir import atomic_write_bytes, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FeatureCache", "ScoreStats", "TextIndex", "distinct_texts", "encode_features", "text_key"]
 
-FORWARD_PASSES = {"count": 0}
-"""Process-wide count of model forward passes made by :func:`encode_features` (for tests)."""
 
 TOKENIZE_CHUNK = 16384
 """Texts made Python strings and tokenised at a time by :func:`encode_features`."""
@@ -146,10 +147,6 @@ def distinct_texts(parts: Sequence[tuple[pa.Table, np.ndarray | None]]) -> tuple
     return index, rows_of
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from .reliability import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
 
 
 class FeatureCache:
@@ -184,8 +181,6 @@ class FeatureCache:
         if hashlib.sha256(data).hexdigest() != expected:
             return "it fails its sha256 checksum"
         try:
-            import io
-
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 keys, feats = z["keys"], z["features"]
         except Exception as e:  # noqa: BLE001 - any unreadable shard is corrupt
@@ -210,8 +205,6 @@ class FeatureCache:
         self._loaded = True
         if not self.dir.exists():
             return
-        from .reliability import remove_stale_temporaries
-
         remove_stale_temporaries(self.dir)
         for shard in sorted(self.dir.glob("shard-*.npz")):
             got = self._check(shard)
@@ -270,8 +263,6 @@ class FeatureCache:
         self._load()
         if not keys:
             return
-        import io
-
         feats = np.asarray(feats, dtype=np.float32)
         key_array = np.array(keys)
         buf = io.BytesIO()
@@ -281,8 +272,8 @@ class FeatureCache:
         shard = self.dir / f"shard-{digest[:24]}.npz"
         if not shard.exists():
             self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(shard.with_suffix(".sha256"), digest.encode())
-            _atomic_write_bytes(shard, data)
+            atomic_write_bytes(shard.with_suffix(".sha256"), digest.encode())
+            atomic_write_bytes(shard, data)
         self._add(key_array, feats)
 
 
@@ -290,96 +281,31 @@ class ScoreStats(dict):
     """Counts of one scoring call: texts, distinct, cached, computed, truncated, forward passes."""
 
 
-def _capture_features(rm: RewardModel):
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module, inputs, _output):
-        store["x"] = inputs[0]
-
-    return store, rm.score_layer.register_forward_hook(hook)
 
 
-def _flat(seqs: list[list[int]], dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    """``(every sequence's items one after another, each sequence's length)``."""
-    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-    return np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(lengths.sum())), lengths
 
 
-@dataclass
-class _Tokens:
-    """Token ids of many texts in flat arrays (Python lists of ints would take about 10x the memory)."""
-
-    ids: np.ndarray
-    types: np.ndarray | None
-    offsets: np.ndarray
-    """Text ``i``'s tokens are ``ids[offsets[i]:offsets[i + 1]]``."""
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def batch(self, rows: np.ndarray, pad: int) -> dict[str, torch.Tensor]:
-        """Model inputs of some texts, right-padded to the longest of them."""
-        start, n = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
-        col = np.arange(int(n.max()))
-        mask = col < n[:, None]
-        at = np.where(mask, start[:, None] + col, 0)
-        inputs = {"input_ids": torch.from_numpy(np.where(mask, self.ids[at], pad).astype(np.int64)),
-                  "attention_mask": torch.from_numpy(mask.astype(np.int64))}
-        if self.types is not None:
-            inputs["token_type_ids"] = torch.from_numpy(np.where(mask, self.types[at], 0).astype(np.int64))
-        return inputs
 
 
-def _tokenize(rm: RewardModel, texts: TextIndex) -> tuple[list[str], _Tokens, int]:
+def _tokenize(rm: RewardModel, texts: TextIndex) -> tuple[list[str], Tokens, int]:
     """Every text's cache key and tokens (the model's input formatter), :data:`TOKENIZE_CHUNK`
     texts at a time, and the number of truncated texts."""
     keys: list[str] = []
-    ids, types, lengths = [], [], []
+    parts: list[Tokens] = []
     n_trunc = 0
     for c0 in range(0, len(texts), TOKENIZE_CHUNK):
         prompts, responses = texts.texts(np.arange(c0, min(c0 + TOKENIZE_CHUNK, len(texts))))
         keys.extend(map(text_key, prompts, responses))
-        chunk_ids, chunk_types, chunk_trunc = rm.formatter.encode(rm.tokenizer, prompts, responses)
+        tokens, chunk_trunc = tokenize(rm.formatter, rm.tokenizer, prompts, responses)
+        parts.append(tokens)
         n_trunc += chunk_trunc
-        flat, n = _flat(chunk_ids, np.int32)
-        ids.append(flat)
-        lengths.append(n)
-        if chunk_types is not None:
-            types.append(_flat(chunk_types, np.int8)[0])
-    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
-    return keys, _Tokens(np.concatenate(ids), np.concatenate(types) if types else None, offsets), n_trunc
+    return keys, Tokens.concat(parts), n_trunc
 
 
-@torch.inference_mode()
-def _forward_features(rm: RewardModel, inputs: dict[str, torch.Tensor], device: torch.device) -> np.ndarray:
-    store, handle = _capture_features(rm)
-    try:
-        rm.model(**{k: v.to(device) for k, v in inputs.items()})
-    finally:
-        handle.remove()
-    FORWARD_PASSES["count"] += 1
-    x = store["x"]
-    if x.dim() == 3:  # decoder reward models score the last non-padding token
-        last = inputs["attention_mask"].sum(1).to(x.device) - 1
-        x = x[torch.arange(x.shape[0], device=x.device), last]
-    return x.float().cpu().numpy()
 
 
-CPU_BATCH_SIZE = 16
-"""Texts per scoring batch on a CPU (``batch_size=0``). On this project's 2-core machine the packaged
-encoder scored 600 PRISM-like texts in 9.6 s with batches of 16, 9.8 s with 8, 10.2 s with 32, 11.1 s
-with 64 and 15.3 s with 128: beyond a few thousand tokens a batch's activations leave the cache, and
-the memory-bound layer norms, GELUs and softmaxes slow down (and longer batches pad more)."""
-ACCELERATOR_BATCH_SIZE = 64
-"""Texts per scoring batch on a GPU or other accelerator (``batch_size=0``): small batches starve it."""
 
 
-def resolve_batch_size(batch_size: int, device: torch.device) -> int:
-    """``batch_size``, or for 0 (auto) :data:`CPU_BATCH_SIZE` on a CPU and :data:`ACCELERATOR_BATCH_SIZE` else."""
-    if batch_size > 0:
-        return int(batch_size)
-    return CPU_BATCH_SIZE if torch.device(device).type == "cpu" else ACCELERATOR_BATCH_SIZE
 
 
 def encode_features(
@@ -411,9 +337,6 @@ def encode_features(
     the ranks (:func:`scpo.parallel.map_batches`): each computes every ``world``-th one, every rank
     returns every feature, and rank 0 writes the cache. A collective call: every rank must make it.
     """
-    from .parallel import is_main_process, map_batches, rank_and_world, union_mask
-    from .reliability import log_work, maybe_kill
-
     first_input = None
     if texts is None:
         if prompts is None or responses is None:
@@ -449,28 +372,17 @@ def encode_features(
         if n_trunc:
             _warn_truncation(rm, texts, tokens.lengths, n_trunc, where)
     if stats["computed"]:
-        rm.model.eval()
         device = next(rm.model.parameters()).device
-        batch_size = resolve_batch_size(batch_size, device)
-        pad = rm.tokenizer.pad_token_id or 0
-        order = np.argsort(tokens.lengths, kind="stable")[::-1]  # longest first: fail fast on memory
         # the plan: batches of every distinct text by length, less what the cache holds
-        planned = (order[s : s + batch_size] for s in range(0, n, batch_size))
-        batches = [b[todo[b]] for b in planned if todo[b].any()]
+        batches = plan(tokens.lengths, resolve_batch_size(batch_size, device), todo)
         main = is_main_process()
         writes = cache is not None and main  # every rank ends with every feature: rank 0 writes the cache
         pending_rows, pending_f = [], []
         bar = tqdm(total=stats["computed"], desc="scoring", unit="text", disable=not progress or not main, leave=False)
-        n_batches = 0
-
-        def compute(b: np.ndarray) -> np.ndarray:
-            nonlocal n_batches
-            n_batches += 1
-            log_work("scoring_forward_passes", texts=len(b))
-            return _forward_features(rm, tokens.batch(b, pad), device)
-
         # each batch computed once, by one rank (scpo.parallel.map_batches), seen by every rank
-        for i, f in map_batches(batches, compute, dim):
+        computed = forward(rm.model, tokens, batches, pad_id=rm.tokenizer.pad_token_id or 0, output="features",
+                           module=rm.score_layer, work="scoring_forward_passes")
+        for i, f in computed:
             b = batches[i]
             if not np.isfinite(f).all():
                 bad = int(b[np.flatnonzero(~np.isfinite(f).all(1))[0]])
@@ -487,11 +399,11 @@ def encode_features(
                 cache.put([keys[j] for j in np.concatenate(pending_rows)], np.concatenate(pending_f))
                 pending_rows, pending_f = [], []
                 if kill_point:
-                    maybe_kill(kill_point)
+                    point(kill_point)
         bar.close()
         if writes and pending_rows:
             cache.put([keys[j] for j in np.concatenate(pending_rows)], np.concatenate(pending_f))
-        stats["forward_passes"] = n_batches
+        stats["forward_passes"] = computed.computed
         stats["processes"] = rank_and_world()[1]
     if first_input is None:
         return feats, stats
@@ -532,9 +444,3 @@ def rewards_from_features(features: np.ndarray, weight: np.ndarray, bias: float)
     return features.astype(np.float64) @ np.asarray(weight, dtype=np.float64) + float(bias)
 
 
-@torch.inference_mode()
-def score_texts(rm: RewardModel, prompts: list[str], responses: list[str], *, batch_size: int = 0, progress: bool = False) -> np.ndarray:
-    """Rewards from a full forward pass (no cache): for trained full/LoRA models and serving."""
-    feats, _ = encode_features(rm, prompts, responses, batch_size=batch_size, cache=None, progress=progress, kill_point=None)
-    w, b = rm.head_params()
-    return rewards_from_features(feats, w.numpy(), float(b))

@@ -15,16 +15,19 @@ from .base import (
     PAIR_COLUMNS,
     PairRows,
     PreferenceData,
-    add_split_column,
-    assign_splits,
     check_pairs,
     column_strings,
     dictionary_codes,
     distinct_strings,
     file_sha256,
-    kfold_keys,
     pair_table,
 )
+from .countries import resolve_groups
+from .files import load_pairs, load_ratings
+from .goqa import load_goqa
+from .prism import load_prism
+from .splits import add_split_column, assign_splits, kfold_keys, rows_in_split, split_data
+from .synthetic import generate
 
 __all__ = [
     "PAIR_COLUMNS",
@@ -40,33 +43,24 @@ __all__ = [
     "kfold_keys",
     "load_data",
     "pair_table",
+    "rows_in_split",
+    "split_data",
 ]
 
 
 def load_data(cfg: DataConfig) -> PreferenceData:
     """Load the data set ``cfg`` names, in canonical form (not yet split)."""
     if cfg.dataset == "synthetic":
-        from .countries import resolve_groups
-        from .synthetic import generate
-
         data = generate(cfg.synthetic_preset, seed=cfg.synthetic_seed)
         if cfg.groups:  # every group stays in the population; only the requested ones are trained
             data.group_matches = resolve_groups(cfg.groups, data.default_groups, file="synthetic")
         return data
     if cfg.dataset == "goqa":
-        from .goqa import load_goqa
-
         return load_goqa(cfg)
     if cfg.dataset == "prism":
-        from .prism import load_prism
-
         return load_prism(cfg)
     if cfg.dataset == "pairs":
-        from .files import load_pairs
-
         return load_pairs(cfg)
     if cfg.dataset == "ratings":
-        from .files import load_ratings
-
         return load_ratings(cfg)
     raise ValueError(f"unknown dataset {cfg.dataset!r}")

@@ -35,8 +35,6 @@ from ..errors import InputError
 PAIR_COLUMNS = ("pair_id", "group", "prompt", "chosen", "rejected", "split_key")
 """Required columns of the canonical pair table, all strings."""
 
-SPLITS = ("train", "test", "global")
-
 
 @dataclass
 class PreferenceData:
@@ -137,56 +135,3 @@ def check_pairs(pairs: datasets.Dataset | pa.Table, source: str) -> None:
             raise InputError("empty or non-text value", file=source, row=i + 1, field=name)
 
 
-def assign_splits(
-    split_keys: list[str] | np.ndarray,
-    *,
-    seed: int,
-    test_fraction: float,
-    global_fraction: float = 0.0,
-) -> dict[str, str]:
-    """Partition distinct split keys into ``test``, ``global`` and ``train``.
-
-    Deterministic for a seed: keys are sorted, then permuted by ``numpy.random.default_rng(seed)``.
-    The first ``round(n * test_fraction)`` keys are test, the next ``round(n * global_fraction)``
-    global, the rest train. With at least 3 keys each requested part gets at least one key.
-    """
-    keys = sorted(set(map(str, split_keys)))
-    n = len(keys)
-    order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
-    n_glob = int(round(n * global_fraction))
-    if n >= 3:
-        n_test = max(n_test, 1 if test_fraction > 0 else 0)
-        n_glob = max(n_glob, 1 if global_fraction > 0 else 0)
-    n_test = min(n_test, max(n - 1, 0))
-    n_glob = min(n_glob, max(n - n_test - 1, 0))
-    out = {}
-    for rank, idx in enumerate(order):
-        out[keys[idx]] = "test" if rank < n_test else ("global" if rank < n_test + n_glob else "train")
-    return out
-
-
-def add_split_column(pairs: datasets.Dataset, assignment: dict[str, str]) -> datasets.Dataset:
-    """Add the ``split`` column from a split-key assignment (keys not assigned become ``train``).
-
-    Each distinct split key is looked up once; rows take their key's split through its dictionary code.
-    """
-    codes, keys = dictionary_codes(pair_table(pairs).column("split_key"))
-    label_codes, labels = dictionary_codes(pa.array([assignment.get(k, "train") for k in keys.to_pylist()], pa.string()))
-    split = labels.take(pa.array(label_codes[codes]))
-    if "split" in pairs.column_names:
-        pairs = pairs.remove_columns("split")
-    return pairs.add_column("split", split)
-
-
-def kfold_keys(keys: list[str], k: int, seed: int) -> list[list[str]]:
-    """Split keys into ``k`` folds (deterministic for a seed); ``k`` is capped by ``len(keys)``."""
-    keys = sorted(set(keys))
-    if not keys:
-        return [[] for _ in range(max(k, 1))]
-    k = max(1, min(k, len(keys)))
-    order = np.random.default_rng(seed).permutation(len(keys))
-    folds: list[list[str]] = [[] for _ in range(k)]
-    for rank, idx in enumerate(order):
-        folds[rank % k].append(keys[idx])
-    return folds

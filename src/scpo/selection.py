@@ -11,7 +11,25 @@ For a pair (x, y+, y-) the global reward model gives the margin
 * **Weight**: ``w = min(exp(delta / beta), 1)``, computed in log space as
   ``exp(min(delta / beta, 0))``; ``beta = inf`` gives ``w = 1`` as an explicit case.
 * **Inverse weight** (the reference implementation's ablation): ``w = max(exp(-delta), 1)``.
-* **Loss**: the weighted Bradley-Terry loss ``-mean(w * log sigmoid(r+ - r-))``.
+* **Loss**: the weighted Bradley-Terry loss ``-mean(w * log sigmoid(r+ - r-))``, the mean taken
+  over all the pairs a method trains on (zero weights included), so weights keep their meaning
+  relative to a pull towards the global model.
+
+**The methods** scpo compares are declared here, not coded (:data:`METHOD_SPECS`): every one
+trains with that loss, from the global model, on these pairs and weights:
+
+=============== ===================================================================
+method          pairs and weights
+=============== ===================================================================
+global          no training: the global model itself
+full            all the group's training pairs, w = 1 (full-data fine-tuning)
+scpo            pairs with sigmoid(delta) < tau, w = min(exp(delta/beta), 1)
+filter-only     pairs with sigmoid(delta) < tau, w = 1
+weight-only     all pairs, w = min(exp(delta/beta), 1)
+inverse         pairs with sigmoid(delta) < tau, w = max(exp(-delta), 1) (the reference's ablation)
+random-subset   a random subset of all pairs, as many as scpo keeps, w = 1
+scratch         all pairs, w = 1, from a zero score layer (head) / fresh head (full, lora)
+=============== ===================================================================
 """
 
 from __future__ import annotations
@@ -24,11 +42,14 @@ import numpy as np
 __all__ = [
     "DEFAULT_BETA",
     "DEFAULT_TAU",
+    "METHOD_SPECS",
+    "MethodSpec",
     "Selection",
     "inverse_weights",
     "keep_mask",
     "log_sigmoid",
     "logit",
+    "method_pairs",
     "preference_probability",
     "scpo_weights",
     "select_pairs",
@@ -164,3 +185,44 @@ def select_pairs(
     else:
         raise ValueError(f"weighting must be 'scpo', 'none' or 'inverse', got {weighting!r}")
     return Selection(keep=keep, weights=w, probability=preference_probability(delta))
+
+
+# ---------------------------------------------------------------------------------------------
+# the methods: which pairs, which weights
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method trains on."""
+
+    filter: bool = False
+    weighting: str = "none"
+    random_subset: bool = False
+    from_scratch: bool = False
+
+
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "full": MethodSpec(),
+    "scpo": MethodSpec(filter=True, weighting="scpo"),
+    "filter-only": MethodSpec(filter=True),
+    "weight-only": MethodSpec(weighting="scpo"),
+    "inverse": MethodSpec(filter=True, weighting="inverse"),
+    "random-subset": MethodSpec(random_subset=True),
+    "scratch": MethodSpec(from_scratch=True),
+}
+
+
+def method_pairs(
+    method: str, delta: np.ndarray, tau: float, beta: float, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into ``delta`` of the pairs ``method`` trains on, their weights)."""
+    spec = METHOD_SPECS[method]
+    delta = np.asarray(delta, dtype=np.float64)
+    if spec.random_subset:
+        n = int(keep_mask(delta, tau).sum())
+        rng = rng or np.random.default_rng(0)
+        idx = np.sort(rng.choice(len(delta), size=n, replace=False)) if n else np.zeros(0, dtype=np.int64)
+        return idx, np.ones(len(idx))
+    sel = select_pairs(delta, tau if spec.filter else 1.0, beta, spec.weighting)
+    idx = np.flatnonzero(sel.keep)
+    return idx, sel.weights[idx]

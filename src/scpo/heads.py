@@ -1,89 +1,24 @@
-"""Step 5 of the pipeline: train one reward model per group and method, initialised from the global one.
+"""Head training: linear score layers over frozen features, many at once.
 
-Every method trains with the weighted Bradley-Terry loss ``-mean(w * log sigmoid(r+ - r-))``, the
-mean taken over the whole batch (zero-weight pairs included), so the weights also scale the step
-and learning rates are tuned per method, never shared by assumption:
-
-=============== ===================================================================
-method          pairs and weights
-=============== ===================================================================
-global          no training: the global model itself
-full            all the group's training pairs, w = 1 (full-data fine-tuning)
-scpo            pairs with sigmoid(delta) < tau, w = min(exp(delta/beta), 1)
-filter-only     pairs with sigmoid(delta) < tau, w = 1
-weight-only     all pairs, w = min(exp(delta/beta), 1)
-inverse         pairs with sigmoid(delta) < tau, w = max(exp(-delta), 1) (the reference's ablation)
-random-subset   a random subset of all pairs, as many as scpo keeps, w = 1
-scratch         all pairs, w = 1, from a zero score layer (head) / fresh head (full, lora)
-=============== ===================================================================
-
-Hyper-parameters (learning rate, steps, L2 pull towards the global model's parameters) are chosen
-per group, method and seed on validation folds carved from the group's *training* split keys
-(k-fold), never on test pairs; then the model is refit on all the group's training pairs.
-
-This module holds the method definitions and the ``head`` mode: the encoder is frozen and only the
-score layer trains, on features cached once. All (group, method, seed, fold, grid cell) head
-trainings of a run are one batched computation (mini-batch Adam over a [jobs, dim] matrix), not a
-Python loop. ``full`` and ``lora`` modes use the transformers ``Trainer`` (:mod:`scpo.trainer`).
+The encoder is frozen and only the score layer trains, on features cached once. A linear head's
+reward margin on a pair is ``diffs[p] @ w`` with ``diffs[p] = features(chosen_p) -
+features(rejected_p)`` (the bias cancels). All (group, method, seed, fold, grid cell) trainings of a
+run are one batched computation (:func:`train_heads`: mini-batch Adam over a ``[jobs, dim]``
+matrix), not a Python loop. Nothing here knows an experiment: jobs are rows, weights and starts.
+Which pairs and weights a method trains on is :func:`scpo.selection.method_pairs`; the grid search
+around it is :mod:`scpo.fitting`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .select import keep_mask, select_pairs
-
-__all__ = [
-    "METHOD_SPECS",
-    "HeadJob",
-    "MethodSpec",
-    "method_pairs",
-    "train_heads",
-    "val_accuracy",
-]
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method trains on."""
-
-    filter: bool = False
-    weighting: str = "none"
-    random_subset: bool = False
-    from_scratch: bool = False
-
-
-METHOD_SPECS: dict[str, MethodSpec] = {
-    "full": MethodSpec(),
-    "scpo": MethodSpec(filter=True, weighting="scpo"),
-    "filter-only": MethodSpec(filter=True),
-    "weight-only": MethodSpec(weighting="scpo"),
-    "inverse": MethodSpec(filter=True, weighting="inverse"),
-    "random-subset": MethodSpec(random_subset=True),
-    "scratch": MethodSpec(from_scratch=True),
-}
-
-
-def method_pairs(
-    method: str, delta: np.ndarray, tau: float, beta: float, rng: np.random.Generator | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(positions into ``delta`` of the pairs ``method`` trains on, their weights)."""
-    spec = METHOD_SPECS[method]
-    delta = np.asarray(delta, dtype=np.float64)
-    if spec.random_subset:
-        n = int(keep_mask(delta, tau).sum())
-        rng = rng or np.random.default_rng(0)
-        idx = np.sort(rng.choice(len(delta), size=n, replace=False)) if n else np.zeros(0, dtype=np.int64)
-        return idx, np.ones(len(idx))
-    sel = select_pairs(delta, tau if spec.filter else 1.0, beta, spec.weighting)
-    idx = np.flatnonzero(sel.keep)
-    return idx, sel.weights[idx]
+__all__ = ["HeadJob", "train_heads", "val_accuracy"]
 
 
 @dataclass
@@ -231,6 +166,3 @@ def val_accuracy(diffs: torch.Tensor, jobs: Sequence[HeadJob], snapshots: np.nda
     return acc
 
 
-def grid_cells(learning_rates: Sequence[float], pulls: Sequence[float]) -> list[tuple[float, float]]:
-    """The (learning rate, pull) cells of the grid, in order (ties go to the first)."""
-    return list(itertools.product(learning_rates, pulls))

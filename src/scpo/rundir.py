@@ -1,8 +1,8 @@
-"""Run-level safety: atomic writes, the run-directory lock, the work log, and test-only kill points.
+"""The run directory: atomic writes, its lock and its work log.
 
 * **Atomic writes** (:func:`atomic_write_text`, :func:`atomic_write_json`, :func:`atomic_write_bytes`):
   a temporary name in the same folder, ``fsync``, then a rename, so a reader never sees a
-  half-written file, whatever kills the writer.
+  half-written file, whatever kills the writer. Every file scpo writes for others goes through them.
 * **The run lock** (:class:`RunLock`): ``RUN_DIR/.lock`` held with ``fcntl.flock`` while a run
   writes into its directory; a second run into the same directory fails at once with
   :class:`~scpo.errors.RunLockedError` (exit 2 on the CLI). The kernel drops the lock when the
@@ -11,22 +11,14 @@
   unit of work (a scoring forward pass, a training step, an evaluation forward pass, a job skipped
   or resumed) written by the process that holds the run lock. It survives a SIGKILL, so the work
   of an interrupted attempt and of the attempt that resumed it can be counted and compared.
-* **Kill points** (tests only): ``SCPO_KILL_AT=<point>[:<n>]`` makes the process SIGKILL itself
-  the ``n``-th time (default the 1st) it reaches the named point:
 
-  ============ =================================================================================
-  ``scoring``  after a feature-cache shard is written (every 20 scoring batches)
-  ``training`` after a Trainer checkpoint of a full/LoRA job is written (every ``save_steps``)
-  ``job``      after a finished full/LoRA job's record is written (``RUN_DIR/jobs/*.json``)
-  ``report``   while the run directory is written (models and plots written, results.json not)
-  ============ =================================================================================
+Test-only kill points live in :mod:`scpo.instrument`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -34,39 +26,19 @@ from typing import Any
 from .errors import RunLockedError
 
 __all__ = [
-    "KILL_POINTS",
     "RunLock",
     "active_run_dir",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "log_work",
-    "maybe_kill",
     "read_work",
     "remove_stale_temporaries",
     "work_summary",
 ]
 
-KILL_POINTS = ("scoring", "training", "job", "report")
-"""The named points ``SCPO_KILL_AT`` may name."""
-
 WORK_LOG = "work.jsonl"
 """File name of the work log inside a run directory."""
-
-_HITS: dict[str, int] = {}
-
-
-def maybe_kill(point: str) -> None:
-    """SIGKILL this process if ``SCPO_KILL_AT`` names ``point`` (test-only hook)."""
-    spec = os.environ.get("SCPO_KILL_AT")
-    if not spec:
-        return
-    name, _, nth = spec.partition(":")
-    if name != point:
-        return
-    _HITS[point] = _HITS.get(point, 0) + 1
-    if _HITS[point] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,20 +23,19 @@ ratio is bootstrapped with the same draws as every other CI (split units, seeds,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .evaluate import percentile_ci
+from ..evaluate import Evaluator, percentile_ci
+from ..experiment import Experiment, FitResult
+from ..fitting import fit, train_rows_of
+from ..hashing import stream_seed
 
 __all__ = ["efficiency_ratio", "fit_curves", "reach_point", "subsample_positions", "curve_tables"]
-
-CURVE_SEP = "\x1f"
-"""Separates the parts of a virtual group name (group, fraction, seed) in the batched fit."""
-
 
 def reach_point(xs: Sequence[float], accs: Sequence[float], target: float) -> tuple[float, str]:
     """Smallest ``x`` at which the piecewise-linear curve through ``(xs, accs)`` reaches ``target``.
@@ -79,90 +78,38 @@ def subsample_positions(n: int, fraction: float, rng: np.random.Generator) -> np
     return np.sort(perm[: min(k, n)])
 
 
-def _perm_rng(group: str, split_seed: int, seed: int) -> np.random.Generator:
-    import zlib
-
-    return np.random.default_rng(zlib.crc32(f"curve|{group}|{split_seed}|{seed}".encode()))
-
-
-def fit_curves(exp: Any, methods: Sequence[str], seeds: Sequence[int], fractions: Sequence[float],
-               full_margins: dict[tuple, np.ndarray], full_used: dict[tuple, tuple[float, float]],
+def fit_curves(exp: Experiment, methods: Sequence[str], seeds: Sequence[int], fractions: Sequence[float],
+               full: FitResult, *, work_dir: str | Path | None = None,
                progress: bool = False) -> tuple[dict[tuple, np.ndarray], dict[tuple, tuple[int, int, float]]]:
     """Train ``methods`` on subsamples of each group's training pairs; margins on the pooled test pairs.
 
     Returns ``(margins, used)`` keyed ``(group, method, seed, fraction)``; ``used`` holds
     ``(raw pairs in the subsample, pairs trained on, sum of weights)``. The fraction 1.0 reuses the
-    main comparison's ``full_margins``/``full_used`` (keyed ``(group, method, seed)``).
-    Head mode trains every (fraction, seed) in one batched :func:`scpo.pipeline.fit_heads` call
-    over *virtual groups* (one per group, fraction and seed, holding that subsample's rows); full
-    and LoRA modes call the Trainer once per (fraction, seed), with the other training pairs
-    hidden.
+    main comparison's fit ``full`` (keyed ``(group, method, seed)``). Every other (fraction, seed)
+    is one :func:`scpo.fitting.fit` call with that subsample as the training rows (full/LoRA jobs
+    keep their records under ``work_dir/curves/``; default the run directory).
     """
     split_seed = exp.cfg.data.split_seed
-    train_rows = {g: np.flatnonzero((exp.group == g) & (exp.split == "train")) for g in exp.groups}
-    sub = {}
-    for g, rows in train_rows.items():
-        for s in seeds:
-            for f in fractions:
-                if f < 1.0:
-                    sub[(g, s, f)] = rows[subsample_positions(len(rows), f, _perm_rng(g, split_seed, s))]
+    train_rows = train_rows_of(exp)
     margins: dict[tuple, np.ndarray] = {}
     used: dict[tuple, tuple[int, int, float]] = {}
     for g, rows in train_rows.items():
         for m in methods:
             for s in seeds:
                 if 1.0 in fractions:
-                    margins[(g, m, s, 1.0)] = full_margins[(g, m, s)]
-                    used[(g, m, s, 1.0)] = (len(rows), int(full_used[(g, m, s)][0]), float(full_used[(g, m, s)][1]))
-    small = sorted(f for f in fractions if f < 1.0)
-    if not small:
-        return margins, used
-    test_rows = np.flatnonzero(exp.split == "test")
-    if exp.cfg.train.mode == "head":
-        from .pipeline import fit_heads
-
-        vnames, vgroup, vrows = [], [], []
-        info = {}
-        for (g, s, f), rows in sub.items():
-            name = CURVE_SEP.join((g, repr(f), str(s)))
-            vnames.append(name)
-            info[name] = (g, s, f)
-            vgroup.append(np.full(len(rows), name, dtype=object))
-            vrows.append(rows)
-        rows = np.concatenate(vrows)
-        vexp = dataclasses.replace(
-            exp, groups=vnames, group=np.concatenate(vgroup), split=np.full(len(rows), "train", dtype=object),
-            split_key=exp.split_key[rows], chosen_row=exp.chosen_row[rows], rejected_row=exp.rejected_row[rows],
-            contested=None, oracle_margin=None, delta=exp.delta[rows],
-        )
-        thetas, _ = fit_heads(vexp, list(methods), [0], progress=progress)
-        dt = exp.diffs()[test_rows].double().numpy()
-        for name, (g, s, f) in info.items():
-            for m in methods:
-                w, n_used, wsum = thetas[(name, m, 0)]
-                margins[(g, m, s, f)] = dt @ np.asarray(w, dtype=np.float64)
-                used[(g, m, s, f)] = (len(sub[(g, s, f)]), int(n_used), float(wsum))
-        return margins, used
-    # full / LoRA: one Trainer pass per (fraction, seed), the other training pairs hidden
-    from pathlib import Path
-
-    from .trainer import fit_trainer_models
-
-    base = Path(exp.cfg.output.output_dir)
-    for f in small:
+                    margins[(g, m, s, 1.0)] = full.margins[(g, m, s)]
+                    used[(g, m, s, 1.0)] = (len(rows), int(full.used[(g, m, s)][0]), float(full.used[(g, m, s)][1]))
+    base = Path(work_dir if work_dir is not None else exp.cfg.output.output_dir)
+    for f in sorted(f for f in fractions if f < 1.0):
         for s in seeds:
-            split = exp.split.astype(object)  # room for the longer label 'unused'
-            keep = np.zeros(len(split), dtype=bool)
-            for g in exp.groups:
-                keep[sub[(g, s, f)]] = True
-            split[(split == "train") & ~keep] = "unused"
-            cfg = exp.cfg.replace(output_dir=str(base / "curves" / f"fraction-{f:g}-seed-{s}"), save_models=False)
-            mexp = dataclasses.replace(exp, split=split, cfg=cfg)
-            mg, us, _, _ = fit_trainer_models(mexp, list(methods), [s], progress=progress)
+            sub = {g: rows[subsample_positions(len(rows), f, np.random.default_rng(stream_seed("curve", g, split_seed, s)))]
+                   for g, rows in train_rows.items()}
+            res = fit(exp, list(methods), [s], train_rows=sub, work_dir=base / "curves" / f"fraction-{f:g}-seed-{s}",
+                      save_models=False, progress=progress)
             for g in exp.groups:
                 for m in methods:
-                    margins[(g, m, s, f)] = mg[(g, m, s)]
-                    used[(g, m, s, f)] = (len(sub[(g, s, f)]), int(us[(g, m, s)][0]), float(us[(g, m, s)][1]))
+                    margins[(g, m, s, f)] = res.margins[(g, m, s)]
+                    used[(g, m, s, f)] = (len(sub[g]), int(res.used[(g, m, s)][0]), float(res.used[(g, m, s)][1]))
     return margins, used
 
 
@@ -189,15 +136,14 @@ def _ratio_entry(fr: float, x: float, kept: float, acc: float, full_x: np.ndarra
     return e
 
 
-def curve_tables(ev_out: dict[str, Any], curve_splits: Sequence[tuple[dict, dict]], groups: Sequence[str],
+def curve_tables(ev: Evaluator, curve_splits: Sequence[tuple[dict, dict]], groups: Sequence[str],
                  methods: Sequence[str], seeds: Sequence[int], fractions: Sequence[float],
                  group_sets: dict[str, list[str]]) -> dict[str, Any]:
-    """Curve points with CIs and efficiency ratios, on the draws of :func:`scpo.evaluate.evaluate_splits`.
+    """Curve points with CIs and efficiency ratios, on the draws of the evaluator ``ev`` of the main comparison.
 
     ``curve_splits[s] = (margins, used)`` of :func:`fit_curves` for split ``s`` (same order as the
     splits given to ``evaluate_splits``).
     """
-    ev = ev_out["_evaluator"]
     fractions = sorted(fractions)
     per_group: dict[str, Any] = {}
     reps: dict[tuple, np.ndarray] = {}

@@ -1,0 +1,288 @@
+"""Export: one group's (or a blend's) reward model as a plain transformers checkpoint, the whole
+artifact completed with its calibration, and the model cards.
+
+* :func:`export_checkpoint` -- a plain ``AutoModelForSequenceClassification`` checkpoint whose
+  rewards equal :meth:`scpo.steer.SteerableRewardModel.score` for that group and strength (LoRA
+  merged, calibration baked into the score layer).
+* :func:`export_artifact` -- a run's ``models/`` completed as a steerable artifact: the stored
+  calibration, τ, β, provenance and accuracies in the manifest, a model card per group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import ARTIFACT_VERSION, GLOBAL, MODE_FOLDERS, group_dir, read_json, resolve_artifact, run_info, run_root
+from .backends import load_checkpoint
+from .errors import ScpoError
+from .forward import score_module
+from .model import find_score_layer
+from .names import path_component
+from .rundir import atomic_write_json, atomic_write_text
+from .steer import GroupSpec, SteerableRewardModel
+
+__all__ = ["export_artifact", "export_checkpoint", "group_card"]
+
+
+def _affine_score_layer(model: nn.Module, name: str | None, weight: np.ndarray, bias: float) -> float:
+    """Set the score layer to (weight, bias); returns the part of the bias that could not be stored."""
+    layer = score_module(model, name)
+    if not isinstance(layer, nn.Linear):
+        layer = find_score_layer(model)[1]
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight, dtype=layer.weight.dtype).reshape(layer.weight.shape))
+        if layer.bias is not None:
+            layer.bias.fill_(float(bias))
+            return 0.0
+    return float(bias)
+
+
+def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | Path, group: GroupSpec = None,
+                      strength: float = 1.0) -> Path:
+    """Write the steered reward as a plain transformers checkpoint (LoRA merged, calibration baked in).
+
+    The result loads with ``AutoModelForSequenceClassification.from_pretrained(out_dir)`` and
+    ``AutoTokenizer.from_pretrained(out_dir)`` and outputs the same rewards as
+    ``model.score(..., group, strength)`` (text-pair models: ``tokenizer(prompt, response)``).
+    Head mode exports any strength and mixture (they are linear in the score layer); lora/full
+    export one model (``strength`` 0 or 1 and one group): a blend of separate networks is not one
+    network. Score layers without a bias (Llama's ``score``) cannot store the centring offset: it
+    is recorded in ``scpo_export.json`` as ``reward_offset`` and the checkpoint's rewards are the
+    API's minus it.
+    """
+    srm = model if isinstance(model, SteerableRewardModel) else SteerableRewardModel.from_pretrained(model, device="cpu")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ScpoError(f"{out}: exists and is not empty")
+    coef = srm.coefficients(group, strength)
+    src = srm.path
+    name = srm.score_layer_name
+    if srm.mode == "head":
+        net = load_checkpoint(src / "global", torch.device("cpu"))
+        w = np.zeros_like(srm.head(GLOBAL)[0])
+        b = 0.0
+        for m, c in coef.items():
+            cal = srm.calibration[m]
+            wm, bm = srm.head(m)
+            w = w + c * cal.scale * wm
+            b += c * cal.scale * (bm - cal.mean)
+    else:
+        if len(coef) != 1:
+            raise ScpoError(f"{srm.mode} mode: a blend of several networks ({', '.join(coef)}) is not one checkpoint; "
+                            "export strength 0 (global) or 1 with one group")
+        (m,) = coef
+        if m == GLOBAL:
+            net = load_checkpoint(src / "global", torch.device("cpu"))
+        elif srm.mode == "full":
+            net = load_checkpoint(group_dir(src, srm.manifest, m.rsplit("/", 1)[0], MODE_FOLDERS["full"]), torch.device("cpu"))
+        else:
+            from peft import PeftModel  # PEFT loads only for LoRA artifacts
+
+            base = load_checkpoint(src / "global", torch.device("cpu"))
+            path = group_dir(src, srm.manifest, m.rsplit("/", 1)[0], MODE_FOLDERS["lora"])
+            net = PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
+        layer = score_module(net, name)
+        if not isinstance(layer, nn.Linear):
+            layer = find_score_layer(net)[1]
+        cal = srm.calibration[m]
+        w = layer.weight.detach().double().reshape(-1).numpy() * cal.scale
+        b0 = float(layer.bias.detach().reshape(())) if layer.bias is not None else 0.0
+        b = (b0 - cal.mean) * cal.scale
+    offset = _affine_score_layer(net, name, w, b)
+    if offset:
+        warnings.warn(f"the score layer has no bias: the checkpoint's rewards are the API's minus {offset:.6g} "
+                      "(recorded as reward_offset in scpo_export.json); comparisons are unaffected", stacklevel=2)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(str(tmp))
+    srm.tokenizer.save_pretrained(str(tmp))
+    spec = {"group": dict(group) if isinstance(group, Mapping) else group, "strength": float(strength),
+            "method": srm.method, "mode": srm.mode, "coefficients": coef, "reward_offset": offset,
+            "formatter": srm.formatter.to_dict(), "source": str(src),
+            "calibration": {m: srm.calibration[m].to_dict() for m in coef}, "calibration_info": srm.calibration_info}
+    (tmp / "scpo_export.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    (tmp / "README.md").write_text(_export_card(srm, group, strength, coef, offset), encoding="utf-8")
+    for f in tmp.iterdir():
+        shutil.move(str(f), str(out / f.name))
+    tmp.rmdir()
+    return out
+
+
+def _describe(group: GroupSpec, strength: float) -> str:
+    if group is None:
+        return "the global model"
+    if isinstance(group, str):
+        return f"group `{group}` at strength α = {strength:g}"
+    return "mixture " + ", ".join(f"`{g}` × {w:g}" for g, w in group.items()) + f" at strength α = {strength:g}"
+
+
+def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, coef: dict[str, float], offset: float) -> str:
+    man = srm.manifest
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [reward-model, scpo]", "---", "",
+        f"# SCPO reward model: {_describe(group, strength)}", "",
+        "A plain `AutoModelForSequenceClassification` checkpoint with one output, the reward, exported by "
+        "`scpo export` from a steerable SCPO artifact"
+        + (" (LoRA adapter merged into the base)." if srm.mode == "lora" else "."), "",
+        "Reward = " + " + ".join(f"{c:.4g} · z[{m}]" for m, c in coef.items())
+        + ", where z[m] is model m's reward centred (and scaled) on the artifact's reference set.", "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(PATH)",
+        "rm = AutoModelForSequenceClassification.from_pretrained(PATH).eval()",
+        "reward = rm(**tok(prompt, response, return_tensors='pt')).logits[0, 0]"
+        if srm.formatter.kind == "text-pair" else
+        "text = tok.apply_chat_template([{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}], tokenize=False)",
+        "```", "",
+        f"Input format: `{srm.formatter.kind}`, at most {srm.formatter.max_length} tokens (scpo cuts the prompt from "
+        "its start when an input is longer).",
+    ]
+    if offset:
+        lines += ["", f"The score layer has no bias: add {offset:.6g} to this checkpoint's rewards to get scpo's."]
+    if man.get("tau") is not None:
+        lines += ["", f"SCPO: τ = {man.get('tau')}, β = {man.get('beta')}, mode `{srm.mode}`, method `{srm.method}`."]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: Any) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}%"
+
+
+def group_card(group: str, manifest: dict[str, Any], method: str) -> str:
+    """A model card (markdown) for one group's reward model, from the completed manifest."""
+    data = manifest.get("data") or {}
+    gm = manifest.get("global_model") or {}
+    acc = (manifest.get("accuracy") or {}).get(group, {})
+    sel = (manifest.get("selection") or {}).get(group, {})
+    cal = (manifest.get("calibration") or {}).get("models", {}).get(f"{group}/{method}", {})
+    choices = (manifest.get("grid_choices") or {}).get(group, {}).get(method, {})
+    tc = manifest.get("train_config") or {}
+    mode = manifest.get("mode")
+    lines = ["---", "library_name: transformers", "tags: [reward-model, scpo, steerable]", "---", "",
+             f"# SCPO reward model for `{group}`", ""]
+    if data.get("synthetic"):
+        lines += ["> **Synthetic data.** Trained and evaluated on scpo's embedded synthetic benchmark (invented "
+                  "groups, known ground truth), not on real people's preferences.", ""]
+    lines += [
+        "## How it was trained", "",
+        f"* Global model: `{gm.get('model', '?')}` ({gm.get('trained_on', '')}).",
+        f"* Group model: mode `{mode}` ("
+        + {"head": "the score layer over the frozen global encoder", "lora": "a LoRA adapter over the global model",
+           "full": "full fine-tuning of the global model"}.get(str(mode), "?")
+        + f"), method `{method}`.",
+        f"* SCPO selection: keep a training pair where sigmoid(Δ) < τ = {manifest.get('tau', '?')}, weight it "
+        f"w = min(exp(Δ/β), 1) with β = {manifest.get('beta', '?')} (Δ: the global model's margin).",
+    ]
+    if sel:
+        lines.append(f"* Training pairs of the group: {sel.get('train_pairs')}, kept by the filter: {sel.get('kept')} "
+                     f"({_pct(sel.get('kept_share'))}), mean weight of the kept: "
+                     + (f"{sel['mean_weight_kept']:.3f}" if isinstance(sel.get("mean_weight_kept"), (int, float)) else "–") + ".")
+    if choices:
+        c0 = next(iter(choices.values()))
+        lines.append(f"* Chosen on validation folds: learning rate {c0.get('learning_rate')}, pull {c0.get('pull')}, "
+                     f"steps {c0.get('steps')} (validation accuracy {_pct(c0.get('val_accuracy'))}).")
+    if tc:
+        lines.append(f"* Seeds {manifest.get('seeds', tc.get('seeds'))}; batch size {tc.get('batch_size')}"
+                     + (f"; LoRA r = {tc.get('lora_r')}, α = {tc.get('lora_alpha')}" if mode == "lora" else "") + ".")
+    lines.append(f"* Data: `{data.get('name', '?')}`, split by {data.get('split_unit', '?')} (seed {data.get('split_seed', '?')}); "
+                 "provenance in the artifact's `manifest.json`.")
+    lines += ["", "## How it was evaluated", ""]
+    if acc:
+        lines += [f"Accuracy on the group's {acc.get('test_pairs', '?')} held-out test pairs (chosen scored above rejected):", "",
+                  "| model | all | 95% CI | distinctive |", "|---|---|---|---|"]
+        for m, e in acc.items():
+            if isinstance(e, dict):
+                ci = e.get("ci95") or [None, None]
+                cis = f"{_pct(ci[0])} – {_pct(ci[1])}" if ci[0] is not None else "–"
+                lines.append(f"| {m} | {_pct(e.get('all'))} | {cis} | {_pct(e.get('distinctive'))} |")
+        lines += ["", "`distinctive`: the test pairs the global model ranks wrongly (0% for it by construction)."]
+    else:
+        lines.append("No evaluation results were found with these models (no results.json).")
+    lines += ["", "## Calibration", ""]
+    if cal:
+        lines.append(f"On the {manifest['calibration'].get('n')} reference texts this model's raw rewards have mean "
+                     f"{cal['mean']:.4g} and std {cal['std']:.4g}; scpo reports `(r - mean) × {cal['scale']:.4g}`, the "
+                     "common scale shared with the global model, so strengths and mixtures blend comparable rewards.")
+    lines += ["", "## Use", "", "```python", "from scpo.steer import SteerableRewardModel",
+              "rm = SteerableRewardModel.from_pretrained(ARTIFACT_DIR)",
+              f"rm.score(prompts, responses, group={group!r}, strength=1.0)", "```", "",
+              f"Plain transformers checkpoint for RLHF trainers: `scpo export ARTIFACT_DIR --group '{group}' --out DIR`. "
+              "Server: `scpo serve --model ARTIFACT_DIR`."]
+    return "\n".join(lines) + "\n"
+
+
+def export_artifact(run_dir: str | Path, out_dir: str | Path | None = None, *, scale: bool = True,
+                    method: str | None = None, device: str | None = None, recalibrate: bool = False) -> Path:
+    """Complete a run's models as a steerable artifact; returns its directory.
+
+    Copies ``RUN_DIR/models`` to ``out_dir`` (or works in place when ``out_dir`` is None), computes
+    the calibration on ``reference.jsonl`` (kept when the stored one still matches the texts and the
+    weights, unless ``recalibrate``), adds τ, β, data provenance and per-group accuracies
+    (from the run's ``config.yaml`` and ``results.json`` when at hand) to ``manifest.json``, and
+    writes a model card per group and one for the artifact.
+    """
+    src = resolve_artifact(run_dir)
+    root = run_root(run_dir, src)
+    if out_dir is not None:
+        target = Path(out_dir)
+        if target.resolve() != src.resolve():
+            if target.exists() and any(target.iterdir()):
+                raise ScpoError(f"{target}: exists and is not empty")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            if target.exists():
+                target.rmdir()
+            tmp.rename(target)
+    else:
+        target = src
+    manifest = read_json(target / "manifest.json")
+    if root is not None:
+        manifest.update(run_info(root))
+    atomic_write_json(target / "manifest.json", manifest)
+    srm = SteerableRewardModel.from_pretrained(target, method=method, device=device, scale=scale, recalibrate=recalibrate)
+    manifest = srm.manifest
+    manifest["artifact_version"] = ARTIFACT_VERSION
+    manifest["group_method"] = srm.method
+    manifest["calibration"] = {**srm.calibration_info, "models": {m: c.to_dict() for m, c in srm.calibration.items()}}
+    cards = {}
+    for g in srm.groups:
+        card = group_card(g, manifest, srm.method)
+        rel = f"cards/{path_component(g)}/README.md"
+        atomic_write_text(target / rel, card)
+        cards[g] = rel
+        if srm.mode in ("lora", "full"):
+            atomic_write_text(group_dir(target, manifest, g, MODE_FOLDERS[srm.mode]) / "README.md", card)
+    manifest["cards"] = cards
+    atomic_write_json(target / "manifest.json", manifest)
+    atomic_write_text(target / "README.md", _artifact_card(manifest, srm))
+    return target
+
+
+def _artifact_card(manifest: dict[str, Any], srm: SteerableRewardModel) -> str:
+    data = manifest.get("data") or {}
+    lines = ["# Steerable SCPO reward models", "",
+             f"Mode `{srm.mode}`, method `{srm.method}`, groups: " + ", ".join(f"`{g}`" for g in srm.groups) + ".",
+             f"Data `{data.get('name', '?')}`" + (" (synthetic)" if data.get("synthetic") else "")
+             + f"; τ = {manifest.get('tau', '?')}, β = {manifest.get('beta', '?')}.", "",
+             "| group | test pairs | global | " + srm.method + " | card |", "|---|---|---|---|---|"]
+    acc = manifest.get("accuracy") or {}
+    for g in srm.groups:
+        a = acc.get(g, {})
+        lines.append(f"| {g} | {a.get('test_pairs', '–')} | {_pct((a.get('global') or {}).get('all'))} | "
+                     f"{_pct((a.get(srm.method) or {}).get('all'))} | [card]({manifest['cards'][g]}) |")
+    lines += ["", "```python", "from scpo.steer import SteerableRewardModel", "rm = SteerableRewardModel.from_pretrained(THIS_DIR)",
+              "rm.score(prompts, responses, group=GROUP, strength=0.5)  # halfway from the global model", "```", ""]
+    return "\n".join(lines)

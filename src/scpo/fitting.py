@@ -1,0 +1,142 @@
+"""Step 5 of a run: train one reward model per (group, method, seed), initialised from the global one.
+
+:func:`fit` is the one place that decides what ``mode`` means: ``head`` trains score layers over
+the frozen encoder's cached features, batched (:mod:`scpo.heads`); ``full`` and ``lora`` run one
+``Trainer`` job per model (:mod:`scpo.jobs`). Every mode makes its grid search the same way
+(:mod:`scpo.grid`: k validation folds of each group's training split keys, one choice rule) and
+returns the same :class:`~scpo.experiment.FitResult`: margins on the experiment's pooled test
+pairs, pairs used, the grid record and the models.
+
+Studies call :func:`fit` with explicit training rows (a learning curve's subsample) and explicit
+(τ, β) (a cell of the sweep): the experiment itself is never rebuilt for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .experiment import Experiment, FitResult, PairsUsed
+from .grid import Choice, GridSpec, choose, folds
+from .hashing import stream_seed
+from .heads import HeadJob, train_heads, val_accuracy
+from .selection import method_pairs
+
+__all__ = ["MODES", "fit", "grid_spec", "train_rows_of"]
+
+MODES = ("head", "full", "lora")
+"""What a group model is: a score layer over the frozen encoder, the whole network, or a LoRA adapter."""
+
+
+def grid_spec(exp: Experiment) -> GridSpec:
+    """The experiment's grid (its config's learning rates, pulls, steps and folds)."""
+    tc = exp.cfg.train
+    return GridSpec.of(tc.learning_rates, tc.pulls, tc.steps, tc.val_folds)
+
+
+def train_rows_of(exp: Experiment) -> dict[str, np.ndarray]:
+    """Every group's training pairs (rows of the experiment), the default of :func:`fit`."""
+    return {g: np.flatnonzero((exp.group == g) & (exp.split == "train")) for g in exp.groups}
+
+
+def fit(exp: Experiment, methods: Sequence[str], seeds: Sequence[int], *, tau: float | None = None,
+        beta: float | None = None, train_rows: Mapping[str, np.ndarray] | None = None, work_dir: str | Path | None = None,
+        save_models: bool | None = None, progress: bool = True) -> FitResult:
+    """Train every (group, method, seed) of ``exp`` and measure it on the pooled test pairs.
+
+    ``tau``/``beta`` default to the config's; ``train_rows`` (group -> experiment rows) to each
+    group's training split. ``work_dir`` (full/LoRA: where job records and checkpoints go; default
+    the run directory) and ``save_models`` (default the config's) matter only to the Trainer modes.
+    ``global`` is the global model itself, never trained.
+    """
+    tau = exp.cfg.select.tau if tau is None else float(tau)
+    beta = exp.cfg.select.beta if beta is None else float(beta)
+    rows = dict(train_rows) if train_rows is not None else train_rows_of(exp)
+    mode = exp.cfg.train.mode
+    if mode == "head":
+        return _fit_heads(exp, list(methods), list(seeds), tau, beta, rows, progress)
+    if mode in ("full", "lora"):
+        from .jobs import fit_trainer_jobs  # the Trainer stack (transformers Trainer, PEFT) loads only when used
+
+        return fit_trainer_jobs(exp, list(methods), list(seeds), tau=tau, beta=beta, train_rows=rows,
+                                work_dir=Path(work_dir if work_dir is not None else exp.cfg.output.output_dir),
+                                save_models=exp.cfg.output.save_models if save_models is None else save_models,
+                                spec=grid_spec(exp), progress=progress)
+    raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def _fit_heads(exp: Experiment, methods: list[str], seeds: list[int], tau: float, beta: float,
+               train_rows: dict[str, np.ndarray], progress: bool) -> FitResult:
+    """Head mode: grid search on k folds of each group's training keys, then refit; batched."""
+    tc = exp.cfg.train
+    diffs = exp.diffs()
+    w_global = exp.rm.head_params()[0].numpy()
+    zeros = np.zeros_like(w_global)
+    spec = grid_spec(exp)
+    trained = [m for m in methods if m != "global"]
+
+    def job_for(g: str, m: str, seed: int, rows: np.ndarray, fold: Any, lr: float, pull: float,
+                val_rows: np.ndarray | None = None) -> HeadJob:
+        rng = np.random.default_rng(stream_seed("subset", g, seed, fold))
+        idx, wts = method_pairs(m, exp.delta[rows], tau, beta, rng)
+        scratch = m == "scratch"
+        return HeadJob(
+            train_idx=rows[idx], weights=wts, init=zeros if scratch else w_global,
+            anchor=zeros if scratch else w_global, lr=lr, pull=pull, stream=stream_seed(g, m, seed, fold),
+            val_idx=val_rows if val_rows is not None else np.zeros(0, dtype=np.int64),
+        )
+
+    grid = spec.record()
+    chosen: dict[tuple[str, str, int], Choice] = {}
+    if spec.searched:
+        jobs, keys = [], []
+        for g in exp.groups:
+            for fi, (fit_rows, val_rows) in enumerate(folds(train_rows[g], exp.split_key[train_rows[g]], spec.val_folds,
+                                                            seed=exp.cfg.data.split_seed)):
+                for m in trained:
+                    for seed in seeds:
+                        for ci, (lr, pull) in enumerate(spec.cells):
+                            jobs.append(job_for(g, m, seed, fit_rows, fi, lr, pull, val_rows))
+                            keys.append((g, m, seed, fi, ci))
+        snaps = train_heads(diffs, jobs, spec.steps, tc.batch_size, progress=progress)
+        accs = val_accuracy(diffs, jobs, snaps)  # [jobs, steps]
+        n_folds = 1 + max((k[3] for k in keys), default=0)
+        table: dict[tuple[str, str, int], np.ndarray] = {}
+        for (g, m, seed, fi, ci), a in zip(keys, accs):
+            t = table.setdefault((g, m, seed), np.full((n_folds, len(spec.cells), len(spec.steps)), np.nan))
+            t[fi, ci] = a
+        for key, t in table.items():
+            chosen[key] = choose(spec, t)
+    for g in exp.groups:
+        for m in trained:
+            for seed in seeds:
+                c = chosen.setdefault((g, m, seed), spec.default())
+                grid["choices"].setdefault(g, {}).setdefault(m, {})[str(seed)] = c.record()
+    # refit on all training pairs with the chosen cell
+    jobs, keys = [], []
+    for g in exp.groups:
+        for m in trained:
+            for seed in seeds:
+                c = chosen[(g, m, seed)]
+                jobs.append(job_for(g, m, seed, train_rows[g], "final", c.learning_rate, c.pull))
+                keys.append((g, m, seed, c.steps))
+    weights: dict[tuple[str, str, int], np.ndarray] = {}
+    used: dict[tuple[str, str, int], PairsUsed] = {}
+    for st in sorted({k[3] for k in keys}):
+        sub = [i for i, k in enumerate(keys) if k[3] == st]
+        snaps = train_heads(diffs, [jobs[i] for i in sub], [st], tc.batch_size, progress=progress)
+        for j, i in enumerate(sub):
+            g, m, seed, _ = keys[i]
+            weights[(g, m, seed)] = snaps[j, 0]
+            used[(g, m, seed)] = PairsUsed(len(jobs[i].train_idx), float(jobs[i].weights.sum()))
+    for g in exp.groups:
+        for seed in seeds:
+            weights[(g, "global", seed)] = w_global
+            used[(g, "global", seed)] = PairsUsed(0, 0.0)
+    dt = exp.diffs()[torch.from_numpy(np.flatnonzero(exp.split == "test"))].double().numpy()
+    margins = {k: dt @ w.astype(np.float64) for k, w in weights.items()}
+    return FitResult(margins=margins, used=used, grid=grid, models=weights)
