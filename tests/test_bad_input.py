@@ -215,7 +215,7 @@ def test_all_pairs_of_a_group_tied(tmp_path):
     with pytest.warns(DataWarning, match=r"group 'B' has no usable pair \(30 ties\): it is left out"):
         exp = prepare(small_cfg(tmp_path, f, dataset="ratings"), progress=False)
     assert exp.groups == ["A"]
-    assert exp.data.stats["per_group"]["B"] == {"sessions": 10, "pairs": 0, "ties": 30, "identical_texts": 0,
+    assert exp.data.stats["per_group"]["B"] == {"role": "target", "sessions": 10, "pairs": 0, "ties": 30, "identical_texts": 0,
                                                 "single_response_units": 0}
 
 

@@ -434,8 +434,17 @@ def _reply(msgs: list[dict[str, str]], *, file: str, row: int, field: str) -> st
     return require_text(msgs[0]["content"], file=file, row=row, field=field)
 
 
+def _no_prompt(present: Sequence[str], *, file: str, row: int) -> InputError:
+    return InputError(
+        f"missing column 'prompt' (columns present: {', '.join(map(repr, present)) or 'none'}), and chosen and "
+        "rejected share no prefix to take as the prompt (TRL's implicit prompt); map a prompt column with "
+        "--columns prompt=COL",
+        file=file, row=row, field="prompt",
+    )
+
+
 def pair_texts(rec: Mapping[str, Any], cols: Mapping[str, str | None], *, file: str, row: int,
-               counts: Counter[str]) -> tuple[str, str, str]:
+               counts: Counter[str], present: Sequence[str] = ()) -> tuple[str, str, str]:
     """``(prompt, chosen, rejected)`` texts of one row in any of TRL's preference formats.
 
     Explicit prompt (a ``prompt`` column) or implicit (none: the prompt is the shared prefix of
@@ -446,15 +455,14 @@ def pair_texts(rec: Mapping[str, Any], cols: Mapping[str, str | None], *, file: 
     fc, fr, fp = cols["chosen"], cols["rejected"], cols["prompt"]
     c, r = rec.get(fc), rec.get(fr)
     p = rec.get(fp) if fp is not None else None
-    if not (isinstance(c, list) or isinstance(r, list) or isinstance(p, list)):
+    if not (isinstance(c, list) or isinstance(r, list)):  # standard: every value must be text
         if fp is not None:
             return (require_text(p, file=file, row=row, field=fp), require_text(c, file=file, row=row, field=fc),
                     require_text(r, file=file, row=row, field=fr))
         c, r = require_text(c, file=file, row=row, field=fc), require_text(r, file=file, row=row, field=fr)
         k = _shared_prefix(c, r, text=True)
         if not c[:k].strip():
-            raise InputError("no prompt column and chosen and rejected share no prefix to take as the prompt "
-                             "(give a prompt column, or map one with --columns prompt=COL)", file=file, row=row, field=fc)
+            raise _no_prompt(present, file=file, row=row)
         counts["implicit_prompt_rows"] += 1
         return (c[:k], require_text(c[k:], file=file, row=row, field=fc),
                 require_text(r[k:], file=file, row=row, field=fr))
@@ -463,8 +471,7 @@ def pair_texts(rec: Mapping[str, Any], cols: Mapping[str, str | None], *, file: 
     if fp is None:
         k = _shared_prefix(cm, rm, text=False)
         if k == 0:
-            raise InputError("no prompt column and chosen and rejected share no first message to take as the prompt",
-                             file=file, row=row, field=fc)
+            raise _no_prompt(present, file=file, row=row)
         counts["implicit_prompt_rows"] += 1
         prompt, dropped = _last_user_turn(cm[:k], file=file, row=row, field=fc)
         cm, rm = cm[k:], rm[k:]
@@ -602,7 +609,7 @@ def load_pairs(cfg: DataConfig) -> PreferenceData:
         f = part.file
         n_records += len(part.records)
         for row, rec in part.records:
-            prompt, chosen, rejected = pair_texts(rec, cols, file=f, row=row, counts=counts)
+            prompt, chosen, rejected = pair_texts(rec, cols, file=f, row=row, counts=counts, present=part.columns)
             group = _group_of(cfg, rec, cols, file=f, row=row)
             split_key = prompt
             if cols["split_key"] is not None and rec.get(cols["split_key"]) not in (None, ""):
