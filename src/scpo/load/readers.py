@@ -312,6 +312,11 @@ def _read_parquet(data: bytes, file: str) -> tuple[list[str], list[tuple[int, di
     import pyarrow.parquet as pq
 
     try:
+        names = pq.read_schema(pa.BufferReader(data)).names
+    except Exception:
+        names = []  # read_table below names what is wrong
+    _duplicate_column(names, file=file, what="the table's schema")
+    try:
         table = pq.read_table(pa.BufferReader(data))
     except Exception as e:  # pyarrow raises several types for unreadable files
         raise InputError(f"cannot read Parquet file: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}",
