@@ -1,32 +1,69 @@
-"""The user's own preference files (``pairs``, ``ratings``) and the helpers every loader shares.
+"""The user's own preference data (``pairs``, ``ratings``) and the helpers every loader shares.
 
-Formats, chosen by suffix: ``.jsonl`` / ``.ndjson`` (one JSON object a line), ``.csv`` (header row)
-and ``.parquet``. Files must be UTF-8 (a BOM is allowed). ``cfg.columns`` maps canonical column
-names to yours (``{"prompt": "question", "group": "country"}``); extra columns are ignored.
+Sources (``--data-path``, :func:`read_source`):
 
-``pairs`` — one preference pair a row:
+* a file, by suffix: ``.jsonl`` / ``.ndjson`` (one JSON object a line), ``.json`` (a JSON array of
+  objects, or JSON Lines), ``.csv`` (header row), ``.parquet`` — read by scpo's strict readers
+  (:mod:`.readers`: exact rows, every unreadable value an error naming file, row and field);
+* a folder of shards: its data files are found and split by file name exactly as ``datasets``
+  (and the Hub) split a repository (``data/train-00000-of-00002.parquet`` is split ``train``; a
+  folder without split names is all ``train``); ``--data-split`` chooses the split; each shard is
+  read by the strict readers and errors name the shard and its row; ``README.md`` is skipped;
+* a ``save_to_disk`` folder (``datasets.load_from_disk``; a ``DatasetDict`` by ``--data-split``);
+* a Hub id (``owner/name`` that is not a local path): ``datasets.load_dataset(hub_id,
+  split=--data-split)``. Rows are numbered within the split; errors name ``<id> (split <s>)``.
 
-* required ``prompt``, ``chosen``, ``rejected``, ``group``;
+Every source goes through the same row-level validation below. ``cfg.columns`` maps canonical
+column names to yours (``{"prompt": "question", "group": "country"}``; ``--group-column COL`` is
+``group=COL``); extra columns are ignored. ``--group-value NAME``: every row is of group ``NAME``
+(no group column needed; a group column present is then not read).
+
+``pairs`` — one preference pair a row, in any of TRL's preference formats:
+
+* ``chosen``, ``rejected`` and ``group`` (unless ``--group-value``) are required; ``prompt`` is
+  optional unless mapped with ``--columns``: without it the prompt is *implicit*, the shared
+  prefix of ``chosen`` and ``rejected``, cut as TRL's ``extract_prompt`` cuts it (a space just
+  before the first difference goes with the completions). An empty shared prefix is an error.
+* *standard* rows hold texts; *conversational* rows hold message lists
+  (``[{"role": "user", "content": "..."}, ...]``) in ``chosen`` / ``rejected`` (and ``prompt``, a
+  list or a text). A conversation becomes one (prompt, response) text pair: the prompt is the
+  content of the **last user turn** of the prompt messages, the response the content of the one
+  **assistant message** that follows. Other turns (a system message, earlier turns) are dropped
+  and counted (``context_dropped``). scpo's :class:`~scpo.model.InputFormatter` then renders
+  that pair for the model as it does every pair: ``tokenizer(prompt, response)`` for text-pair
+  models (the packaged encoder), a user and an assistant turn through the chat template for
+  chat-template models. A completion of more than one message, or not by the assistant, is an
+  error naming row and field.
 * optional ``split_key`` (default: the prompt, so a test prompt is never seen in training) and
-  ``pair_id`` (default ``pairs-<row>``; given ids must be unique).
+  ``pair_id`` (default ``pairs-<row>``; given ids must be unique across all shards).
 
-``ratings`` — one scored response a row:
+``ratings`` — one scored response a row (texts only):
 
-* required ``prompt``, ``response``, ``score``, ``group``, ``session``;
+* required ``prompt``, ``response``, ``score``, ``group`` (unless ``--group-value``), ``session``;
 * optional ``split_key`` (default: the session).
 * Pairs are formed within one session, between responses to the same prompt and of the same
   group, exactly as for PRISM (:func:`pairs_from_scores`): every two responses with different
   scores make a pair, the higher score chosen. A ``split_key`` must be the same on every row of a
   (group, session, prompt): else a pair could cross the train/test split (an error).
 
+Groups (both loaders; :func:`group_roles`):
+
+* ``--groups`` names the **target** groups (default: every group that is not a population group);
+  it never removes data: rows of groups that are neither target nor population stay in
+  ``PreferenceData.pairs`` (``stats["other_groups"]``, ``stats["pairs_other_groups"]``);
+* ``--population-groups`` names the groups whose pairs train the global model: they go to
+  ``PreferenceData.global_pairs`` (same columns) and not to ``pairs`` — unless also named in
+  ``--groups``, then in both. A name matching no group is an error naming the nearest names.
+* ``stats["per_group"][g]["role"]`` is ``target``, ``population``, ``target+population`` or ``other``.
+
 Rules for bad and unusable rows (both loaders):
 
 * errors (:class:`~scpo.errors.InputError` naming file, 1-based data row and field): a missing
   column (the message lists the columns present), an empty or whitespace-only text or group, a
-  non-text prompt/response, a non-numeric, NaN or infinite score, invalid UTF-8 (the row and field
-  holding the first invalid byte are named), a malformed JSON line, a repeated ``pair_id``, a
+  non-text prompt/response, a non-numeric, NaN or infinite score, every value the readers cannot
+  read (see :mod:`.readers`), a malformed JSON line, a repeated ``pair_id``, a
   ``split_key`` that differs within a ratings session/prompt, a file without data rows, a file
-  (or the requested groups) yielding no usable pair (the message gives the counts dropped). JSONL
+  (or the target groups) yielding no usable pair (the message gives the counts dropped). JSONL
   rows are line numbers; CSV rows exclude the header.
 * dropped and counted in ``stats`` (valid input that yields no training signal): a pair whose
   chosen and rejected texts are identical (``identical_pairs``), a pair repeated with the same
@@ -36,7 +73,7 @@ Rules for bad and unusable rows (both loaders):
 
 Group values that are countries are named through the shared alias table
 (:mod:`.countries`), so ``S. Africa`` and ``South Africa`` are one group; other names
-(``group-a``) are kept as they are.
+(``group-a``) are kept as they are; every name is NFC-normalised first.
 """
 
 from __future__ import annotations
