@@ -96,6 +96,24 @@ def test_conversational_last_user_turn_and_assistant_reply(tmp_path, with_prompt
     assert d.stats["implicit_prompt_rows"] == (0 if with_prompt else 12)
 
 
+def test_prompt_column_beside_whole_conversations(tmp_path):
+    """HuggingFaceH4/ultrafeedback_binarized's shape: a prompt text, and chosen/rejected holding the whole chat."""
+    rows = [{"prompt": f"Plan task {i}?",
+             "chosen": [{"role": "user", "content": f"Plan task {i}?"}, {"role": "assistant", "content": "Steps."}],
+             "rejected": [{"role": "user", "content": f"Plan task {i}?"}, {"role": "assistant", "content": "No."}]}
+            for i in range(4)]
+    d = load_data(cfg(jsonl(tmp_path / "uf.jsonl", rows), group_value="G"))
+    assert (d.pairs[1]["prompt"], d.pairs[1]["chosen"], d.pairs[1]["rejected"]) == ("Plan task 1?", "Steps.", "No.")
+
+
+def test_identical_chosen_and_rejected_are_dropped_and_counted_in_every_format(tmp_path):
+    same = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    rows = [*implicit(3), {"chosen": "same text", "rejected": "same text"}]
+    assert load_data(cfg(jsonl(tmp_path / "a.jsonl", rows), group_value="G")).stats["identical_pairs"] == 1
+    rows = [*conversational(3, with_prompt=False), {"chosen": same, "rejected": same}]
+    assert load_data(cfg(jsonl(tmp_path / "b.jsonl", rows), group_value="G")).stats["identical_pairs"] == 1
+
+
 @pytest.mark.parametrize("change, needle", [
     ({"chosen": [{"role": "assistant", "content": ["a", "list"]}]}, "content must be text"),
     ({"chosen": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]}, "one assistant"),
@@ -284,10 +302,6 @@ FAST = ["--quiet", "--methods", "global,full,scpo", "--val-folds", "1", "--globa
         "--learning-rates", "3e-3", "--steps", "10", "--pulls", "0", "--max-length", "48", "--save-models", "false"]
 
 
-def many(rows_of, n: int) -> list[dict[str, Any]]:
-    return rows_of(n)
-
-
 @pytest.mark.parametrize("name", ["conversational-implicit.jsonl", "implicit.csv", "save_to_disk", "population"])
 def test_new_formats_run_end_to_end(tmp_path, name):
     extra: list[str] = ["--group-value", "Chile"]
@@ -312,10 +326,10 @@ def test_new_formats_run_end_to_end(tmp_path, name):
                  "--cache-dir", str(tmp_path / "cache"), *FAST])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
-    assert list(res["metrics"]) if isinstance(res.get("metrics"), dict) else True
     stats = res["data"]["stats"]
-    if name == "population":
+    if name == "population":  # the population's train pairs, and only they, trained the global model
         assert stats["population_groups"] == ["Pool"] and stats["global_pairs"] == 20
-        assert stats["other_groups"] == ["Mexico"]
+        assert stats["other_groups"] == ["Mexico"] and stats["pairs"] == 40
+        assert res["global_model"]["source"] == "pooled" and 0 < res["global_model"]["trained_on_pairs"] < 20
     else:
         assert stats["target_groups"] == ["Chile"] and stats["pairs"] == 30

@@ -497,27 +497,39 @@ def pair_texts(rec: Mapping[str, Any], cols: Mapping[str, str | None], *, file: 
             return (require_text(p, file=file, row=row, field=fp), require_text(c, file=file, row=row, field=fc),
                     require_text(r, file=file, row=row, field=fr))
         c, r = require_text(c, file=file, row=row, field=fc), require_text(r, file=file, row=row, field=fr)
+        counts["implicit_prompt_rows"] += 1
+        if c == r:
+            return IDENTICAL
         k = _shared_prefix(c, r, text=True)
         if not c[:k].strip():
             raise _no_prompt(present, file=file, row=row)
-        counts["implicit_prompt_rows"] += 1
         return (c[:k], require_text(c[k:], file=file, row=row, field=fc),
                 require_text(r[k:], file=file, row=row, field=fr))
     counts["conversational_rows"] += 1
     cm, rm = _messages(c, file=file, row=row, field=fc), _messages(r, file=file, row=row, field=fr)
+    if cm == rm:
+        return IDENTICAL
     if fp is None:
         k = _shared_prefix(cm, rm, text=False)
         if k == 0:
             raise _no_prompt(present, file=file, row=row)
         counts["implicit_prompt_rows"] += 1
         prompt, dropped = _last_user_turn(cm[:k], file=file, row=row, field=fc)
-        cm, rm = cm[k:], rm[k:]
-    elif isinstance(p, list):
-        prompt, dropped = _last_user_turn(_messages(p, file=file, row=row, field=fp), file=file, row=row, field=fp)
     else:
-        prompt, dropped = require_text(p, file=file, row=row, field=fp), False
+        if isinstance(p, list):
+            prompt, dropped = _last_user_turn(_messages(p, file=file, row=row, field=fp), file=file, row=row, field=fp)
+        else:
+            prompt, dropped = require_text(p, file=file, row=row, field=fp), False
+        # a prompt column beside whole conversations (HuggingFaceH4/ultrafeedback_binarized): the replies
+        # are what follows the conversations' shared prefix
+        k = _shared_prefix(cm, rm, text=False) if len(cm) > 1 or len(rm) > 1 else 0
+    cm, rm = cm[k:], rm[k:]
     counts["context_dropped"] += int(dropped)
     return prompt, _reply(cm, file=file, row=row, field=fc), _reply(rm, file=file, row=row, field=fr)
+
+
+IDENTICAL = ("", "", "")
+"""What :func:`pair_texts` gives for a row whose chosen and rejected are identical (dropped and counted)."""
 
 
 # --------------------------------------------------------------------------------------------
