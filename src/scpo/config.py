@@ -62,7 +62,8 @@ class DataConfig:
         default="train",
     )
     groups: list[str] | None = _help(
-        "groups to train (comma separated); default: the data set's own default groups",
+        "target groups to train (comma separated); default: the data set's own default groups (pairs/ratings: "
+        "every group that is not a population group); pairs/ratings keep the other groups' rows in the data",
         default=None,
     )
     columns: dict[str, str] = _help(
