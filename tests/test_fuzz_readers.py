@@ -26,7 +26,7 @@ from scpo.config import DataConfig
 from scpo.errors import InputError
 from scpo.load import load_data
 
-FUZZ = settings(derandomize=True, deadline=None, max_examples=60,
+FUZZ = settings(derandomize=True, deadline=None, max_examples=50,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # any code point but surrogates (a lone surrogate comes from TEXT's samples), separators included
@@ -114,7 +114,7 @@ def _try_load(cfg: DataConfig) -> None:
     assert len(data.pairs) > 0
 
 
-@settings(FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=80)
 @given(rs=rows(PAIR_KEYS), spec=FILES, group_value=st.booleans())
 def test_pairs_loader_loads_or_raises_input_error(rs, spec, group_value):
     fmt, ascii_, noise = spec
