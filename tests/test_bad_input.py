@@ -215,7 +215,7 @@ def test_all_pairs_of_a_group_tied(tmp_path):
     with pytest.warns(DataWarning, match=r"group 'B' has no usable pair \(30 ties\): it is left out"):
         exp = prepare(small_cfg(tmp_path, f, dataset="ratings"), progress=False)
     assert exp.groups == ["A"]
-    assert exp.data.stats["per_group"]["B"] == {"sessions": 10, "pairs": 0, "ties": 30, "identical_texts": 0,
+    assert exp.data.stats["per_group"]["B"] == {"role": "target", "sessions": 10, "pairs": 0, "ties": 30, "identical_texts": 0,
                                                 "single_response_units": 0}
 
 
@@ -480,3 +480,150 @@ def test_check_pairs_names_the_first_bad_row_of_the_first_bad_column(column, val
         check_pairs(pa.table(cols), "pairs.jsonl")
     ok = {**cols, "prompt": ["p"] * 4, column: ["v"] * 4}
     check_pairs(pa.table(ok), "pairs.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------
+# 33-45. reader hardening (issue 15): whatever column a value sits in, one line and exit 2
+
+
+def assert_nothing_written(tmp_path: Path) -> None:
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_duplicated_csv_header_column(tmp_path, capsys):
+    f = write_csv(tmp_path / "pairs.csv", ["prompt", "chosen", "rejected", "group", "chosen"],
+                  [["p", "a", "b", "A", "c"]])
+    code, err = run_cli(capsys, tmp_path, "--dataset", "pairs", "--data-path", str(f))
+    assert_exit_2(code, err, str(f), "header (line 1)", "field 'chosen'", "twice (positions 2 and 5)")
+    assert_nothing_written(tmp_path)
+
+
+def test_duplicated_key_in_one_json_object(tmp_path, capsys):
+    f = tmp_path / "pairs.jsonl"
+    f.write_text('{"prompt": "p", "chosen": "a", "rejected": "b", "group": "A"}\n'
+                 '{"prompt": "p", "chosen": "a", "rejected": "b", "group": "A", "meta": {"k": 1, "k": 2}}\n')
+    code, err = run_cli(capsys, tmp_path, "--dataset", "pairs", "--data-path", str(f))
+    assert_exit_2(code, err, str(f), "row 2", "field 'k'", "appears twice in one JSON object")
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"])
+def test_line_separators_in_jsonl_strings_load(tmp_path, sep):
+    rows = good_pairs(10)
+    for r in rows:
+        r["chosen"] += sep + "more"
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    d = load_data(small_cfg(tmp_path, f).data)
+    assert len(d.pairs) == 20 and list(d.pairs["source_row"]) == list(range(1, 21))
+    assert d.pairs[0]["chosen"].endswith(sep + "more")
+
+
+@pytest.mark.parametrize("line, needles", [
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "group": "A", "unused": ' + "9" * 5000 + "}",
+     ["row 3", "unreadable JSON value", "Exceeds the limit"]),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "group": "A", "unused": ' + "[" * 100000 + "]" * 100000 + "}",
+     ["row 3", "nested too deeply"]),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "group": "A", "unused": "x\\ud800y"}',
+     ["row 3", "field 'unused'", "lone surrogate U+D800"]),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "group": "A", "unused": {"\\udfff": 1}}',
+     ["row 3", "field 'unused'", "lone surrogate U+DFFF"]),
+    ('{"prompt": "p", "chosen": NaN, "rejected": "b", "group": "A"}', ["row 3", "field 'chosen'", "got float nan"]),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "group": ' + "7" * 400 + "}", None),  # a number as group: fine
+])
+def test_values_the_readers_cannot_represent(tmp_path, capsys, line, needles):
+    f = tmp_path / "pairs.jsonl"
+    good = [json.dumps(r) for r in good_pairs(1)]
+    f.write_text("\n".join([*good, line]) + "\n", encoding="utf-8")
+    if needles is None:
+        assert {"A", "7" * 400} <= set(load_data(small_cfg(tmp_path, f).data).pairs["group"])
+        return
+    code, err = run_cli(capsys, tmp_path, "--dataset", "pairs", "--data-path", str(f))
+    assert_exit_2(code, err, str(f), *needles)
+    assert len(err) < 500
+    assert_nothing_written(tmp_path)
+
+
+def test_huge_integer_score_is_not_finite(tmp_path, capsys):
+    rows = [{"prompt": "p", "response": "r", "score": 10**400, "group": "A", "session": "s"}]
+    code, err = run_cli(capsys, tmp_path, "--dataset", "ratings", "--data-path", str(jsonl(tmp_path / "r.jsonl", rows)))
+    assert_exit_2(code, err, "row 1", "field 'score'", "finite", "401 digits")
+
+
+def test_invalid_utf8_in_an_unused_column(tmp_path, capsys):
+    f = tmp_path / "pairs.csv"
+    f.write_bytes(b"prompt,chosen,rejected,group,notes\np,a,b,A,ok\np,a,c,A,caf\xe9\n")
+    code, err = run_cli(capsys, tmp_path, "--dataset", "pairs", "--data-path", str(f))
+    assert_exit_2(code, err, "row 2", "field 'notes'", "not valid UTF-8")
+
+
+def test_parquet_value_arrow_cannot_convert(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"prompt": ["p", "q"], "chosen": ["a", "a"], "rejected": ["b", "b"], "group": ["A", "A"],
+                      "when": pa.array([0, 2**62], pa.timestamp("us"))})  # beyond datetime's year 9999
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    code, err = run_cli(capsys, tmp_path, "--dataset", "pairs", "--data-path", str(tmp_path / "pairs.parquet"))
+    assert_exit_2(code, err, "row 2", "field 'when'", "unreadable value")
+
+
+def test_duplicated_parquet_column(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.Table.from_arrays([pa.array(["p"]), pa.array(["a"]), pa.array(["b"]), pa.array(["A"]), pa.array(["c"])],
+                             names=["prompt", "chosen", "rejected", "group", "chosen"])
+    pq.write_table(t, tmp_path / "pairs.parquet")
+    code, err = run_cli(capsys, tmp_path, "--dataset", "pairs", "--data-path", str(tmp_path / "pairs.parquet"))
+    assert_exit_2(code, err, "field 'chosen'", "twice")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "unreadable", "broken-symlink"])
+def test_unreadable_data_file(tmp_path, capsys, kind):
+    f = tmp_path / "pairs.jsonl"
+    if kind == "fifo":
+        os.mkfifo(f)
+        needle = "not a regular file"
+    elif kind == "directory":
+        f.mkdir()
+        needle = "no data files"
+    elif kind == "broken-symlink":
+        f.symlink_to(tmp_path / "gone.jsonl")
+        needle = "file not found"
+    else:
+        jsonl(f, good_pairs(2))
+        f.chmod(0)
+        if os.access(f, os.R_OK):
+            pytest.skip("running as root: permissions do not stop reading")
+        needle = "permission denied"
+    code, err = run_cli(capsys, tmp_path, "--dataset", "pairs", "--data-path", str(f))
+    assert_exit_2(code, err, str(f), needle)
+    assert_nothing_written(tmp_path)
+
+
+def test_group_names_differing_only_in_normalisation_are_one_group(tmp_path):
+    rows = good_pairs(4, groups=("Curac\u0327ao", "Cura\u00e7ao"))
+    d = load_data(small_cfg(tmp_path, jsonl(tmp_path / "pairs.jsonl", rows)).data)
+    assert d.default_groups == ["Cura\u00e7ao"] and set(d.pairs["group"]) == {"Cura\u00e7ao"}
+    assert d.group_matches == {"Cura\u00e7ao": sorted({"Curac\u0327ao", "Cura\u00e7ao"})}
+    d = load_data(small_cfg(tmp_path, jsonl(tmp_path / "pairs.jsonl", rows), groups=["Curac\u0327ao"]).data)
+    assert list(d.group_matches) == ["Cura\u00e7ao"]
+
+
+@pytest.mark.parametrize("how", ["yaml", "flag", "api"])
+def test_null_group_name_is_an_error(tmp_path, capsys, how):
+    from scpo.config import DataConfig
+    from scpo.errors import ConfigError
+
+    f = jsonl(tmp_path / "pairs.jsonl", good_pairs(3))
+    if how == "api":
+        with pytest.raises(ConfigError, match="null"):
+            DataConfig(dataset="pairs", data_path=str(f), groups=[None])
+        return
+    if how == "yaml":
+        y = tmp_path / "c.yaml"
+        y.write_text(f"data: {{dataset: pairs, data_path: {f}, groups: [A, null]}}\n")
+        code, err = run_cli(capsys, tmp_path, "--config", str(y))
+    else:
+        code, err = run_cli(capsys, tmp_path, "--dataset", "pairs", "--data-path", str(f), "--groups", "A,null")
+    assert_exit_2(code, err, "null")

@@ -62,7 +62,7 @@ def test_load_pairs_formats(tmp_path: Path, suffix: str) -> None:
     assert list(d.pairs["pair_id"]) == ["pairs-1", "pairs-2", "pairs-3"]
     assert list(d.pairs["source_row"]) == [1, 2, 3]
     assert d.stats["identical_pairs"] == 1 and d.stats["duplicate_pairs"] == 1
-    assert d.stats["per_group"]["group-a"] == {"pairs": 1, "identical_pairs": 1, "duplicate_pairs": 1}
+    assert d.stats["per_group"]["group-a"] == {"role": "target", "pairs": 1, "identical_pairs": 1, "duplicate_pairs": 1}
     assert len(d.provenance["sha256"]) == 64
     assert "extra" not in d.pairs.column_names
 
@@ -83,8 +83,10 @@ def test_load_pairs_mapping_split_key_pair_id_groups(tmp_path: Path) -> None:
     }
     d = load_pairs(pcfg(p, columns=cols, groups=["United Kingdom"]))
     assert d.group_matches == {"United Kingdom": ["Britain", "Great Britain"]}
-    assert list(d.pairs["pair_id"]) == ["x0", "x1"] and list(d.pairs["split_key"]) == ["u0", "u1"]
-    assert d.split_unit == "split key" and d.stats["rows_other_groups"] == 2
+    # --groups chooses the targets; the other group's rows stay in the pairs (global model, pooled metric)
+    assert list(d.pairs["pair_id"]) == ["x0", "x1", "x2", "x3"] and list(d.pairs["split_key"]) == ["u0", "u1", "u0", "u1"]
+    assert d.default_groups == ["United Kingdom"] and d.global_pairs is None
+    assert d.split_unit == "split key" and d.stats["other_groups"] == ["Chile"] and d.stats["pairs_other_groups"] == 2
     with pytest.raises(InputError, match="closest names") as ei:
         load_pairs(pcfg(p, columns=cols, groups=["Chle"]))
     assert "Chile" in str(ei.value)
@@ -178,7 +180,7 @@ def test_load_ratings(tmp_path: Path, suffix: str) -> None:
     got = {(r["group"], r["chosen"], r["rejected"], r["split_key"]) for r in d.pairs}
     assert got == {("Chile", "r1", "r2", "s1"), ("Chile", "r1", "r3", "s1"), ("Mexico", "y", "x", "s3")}
     assert d.stats["per_group"]["Chile"] == {
-        "sessions": 2, "pairs": 2, "ties": 1, "identical_texts": 0, "single_response_units": 2,
+        "role": "target", "sessions": 2, "pairs": 2, "ties": 1, "identical_texts": 0, "single_response_units": 2,
     }  # fmt: skip
     assert d.stats["ties"] == 1 and d.stats["single_response_units"] == 2
     assert len(set(d.pairs["pair_id"])) == len(d.pairs)
@@ -192,7 +194,9 @@ def test_load_ratings_mapping_and_groups(tmp_path: Path) -> None:
     p = write(tmp_path / "r.jsonl", rows)
     cols = {"prompt": "text", "response": "answer", "score": "rating", "group": "country", "session": "sid"}
     d = load_data(rcfg(p, columns=cols, groups=["Mexico"]))
-    assert set(d.pairs["group"]) == {"Mexico"} and len(d.pairs) == 1
+    assert d.default_groups == ["Mexico"] and list(d.group_matches) == ["Mexico"]
+    assert set(d.pairs["group"]) == {"Mexico", "Chile"} and len(d.pairs) == 3  # the other group stays
+    assert d.stats["per_group"]["Chile"]["role"] == "other"
 
 
 @pytest.mark.parametrize(

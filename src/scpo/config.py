@@ -61,17 +61,33 @@ class DataConfig:
     )
     data_path: str | None = _help(
         "local file/folder or Hub id of the data set (goqa: CSV; prism: folder with "
-        "utterances.jsonl and survey.jsonl; pairs/ratings: JSONL, CSV or Parquet); "
-        "default: the Hub for goqa/prism",
+        "utterances.jsonl and survey.jsonl; pairs/ratings: a .jsonl, .json, .csv or .parquet file, a folder "
+        "of such shards, a datasets save_to_disk folder, or a Hub id); default: the Hub for goqa/prism",
         default=None,
     )
+    data_split: str = _help(
+        "pairs/ratings: split of a Hub id, a save_to_disk DatasetDict or a folder of shards named by split",
+        default="train",
+    )
     groups: list[str] | None = _help(
-        "groups to train (comma separated); default: the data set's own default groups",
+        "target groups to train (comma separated); default: the data set's own default groups (pairs/ratings: "
+        "every group that is not a population group); pairs/ratings keep the other groups' rows in the data",
         default=None,
     )
     columns: dict[str, str] = _help(
         "column mapping for pairs/ratings files, canonical=yours (prompt=question,group=country)",
         default_factory=dict,
+    )
+    group_column: str | None = _help(
+        "pairs/ratings: the column naming each row's group (the same as --columns group=COL)", default=None
+    )
+    group_value: str | None = _help(
+        "pairs/ratings: every row belongs to this group (a file without a group column)", default=None
+    )
+    population_groups: list[str] | None = _help(
+        "pairs/ratings: groups whose pairs train the global model (comma separated); not trained as target "
+        "groups unless also named in --groups",
+        default=None,
     )
     split_seed: int = _help("seed of the train/test partition of split keys", default=0)
     test_fraction: float | None = _help(
@@ -103,6 +119,26 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("synthetic", "goqa", "prism", "pairs", "ratings"):
             raise ConfigError(f"--dataset must be synthetic, goqa, prism, pairs or ratings, got {self.dataset!r}")
+        self.groups = _group_names(self.groups, "--groups")
+        self.population_groups = _group_names(self.population_groups, "--population-groups")
+        if not isinstance(self.data_split, str) or not self.data_split.strip():
+            raise ConfigError(f"--data-split must name a split, got {self.data_split!r}")
+        for name in ("group_value", "group_column"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a non-empty text, got {v!r}")
+        if self.group_value is not None:
+            self.group_value = _group_names([self.group_value], "--group-value")[0]
+        if self.group_value is not None and (self.group_column or "group" in self.columns):
+            raise ConfigError("--group-value (every row one group) and --group-column / --columns group=... exclude "
+                              "each other")
+        if self.group_column and self.columns.get("group", self.group_column) != self.group_column:
+            raise ConfigError(f"--group-column {self.group_column!r} contradicts --columns group={self.columns['group']}")
+        if self.dataset not in ("pairs", "ratings"):
+            given = [f"--{n.replace('_', '-')}" for n in ("group_value", "group_column", "population_groups")
+                     if getattr(self, n)]
+            if given:
+                raise ConfigError(f"{', '.join(given)}: only for --dataset pairs or ratings, not {self.dataset!r}")
         if self.test_fraction is not None and not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if not 0.0 <= self.global_fraction < 1.0:
@@ -113,6 +149,26 @@ class DataConfig:
             )
         if not 0.0 <= self.min_share_gap < 1.0:
             raise ConfigError(f"--min-share-gap must be in [0, 1), got {self.min_share_gap}")
+
+
+_NULL_WORDS = ("none", "null", "~")
+
+
+def _group_names(names: list[Any] | None, flag: str) -> list[str] | None:
+    """Group names as texts, NFC-normalised; a null (YAML ``null``, Python ``None``, the word ``null``) is an error."""
+    if names is None:
+        return None
+    import unicodedata
+
+    out = []
+    for n in names:
+        if n is None or (isinstance(n, str) and n.strip().casefold() in _NULL_WORDS):
+            raise ConfigError(f"{flag}: a group name is null ({n!r}); give group names as text (a group that the "
+                              "data really calls 'null' or 'None' cannot be requested by that name)")
+        if not isinstance(n, str) or not n.strip():
+            raise ConfigError(f"{flag}: group names must be non-empty texts, got {n!r}")
+        out.append(unicodedata.normalize("NFC", n.strip()))
+    return out
 
 
 @dataclass
@@ -520,6 +576,8 @@ def _parse_scalar(value: Any, tp: Any) -> Any:
             raise ValueError("expected a number, got NaN")
         return out
     if tp is str:
+        if value is None:
+            raise ValueError("a null where a text is expected")
         if isinstance(value, (dict, list)):
             raise ValueError(f"expected a string, got {short(value)}")
         return str(value)

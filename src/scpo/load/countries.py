@@ -19,6 +19,10 @@ dropped):
   sample exists it stays its own group. Without knowing the other names of the source
   (``present=None``) the suffix is kept.
 
+Group names are Unicode-normalised to NFC first: ``"Curac\u0327ao"`` (decomposed) and ``"Curaçao"``
+(composed) print the same and are one group, named in NFC; ``raw_group`` keeps the source's
+spelling. Requested names (``--groups``, ``--population-groups``) are normalised the same way.
+
 Names the table does not know (a user's ``group-a``, a country spelled canonically) pass through
 unchanged apart from surrounding whitespace, so user files with non-country groups work as is.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from ..errors import InputError
@@ -67,9 +72,14 @@ _SUFFIX = re.compile(r"^(?P<base>.*?)\s*\((?P<suffix>[^()]*)\)\s*$")
 _SPACES = re.compile(r"\s+")
 
 
+def nfc(name: str) -> str:
+    """The NFC form of a name (one code point sequence for what prints the same)."""
+    return unicodedata.normalize("NFC", str(name))
+
+
 def _norm(name: str) -> str:
-    """Comparison key: case-folded, whitespace collapsed."""
-    return _SPACES.sub(" ", name).strip().casefold()
+    """Comparison key: NFC, case-folded, whitespace collapsed."""
+    return nfc(_SPACES.sub(" ", nfc(name)).strip().casefold())
 
 
 _ALIAS_INDEX: dict[str, str] = {}
@@ -104,7 +114,9 @@ def canonical_country(raw: str, present: Iterable[str] | None = None) -> str:
     ``(Current national sample)`` suffix, which maps to the plain country when no name in
     ``present`` is a plain (suffix-free) spelling of that country. Unknown names pass through.
     """
-    raw = str(raw)
+    raw = nfc(raw)
+    if present is not None:
+        present = [nfc(p) for p in present]
     if _norm(raw) in _ALIAS_INDEX:  # a full spelling in the table, suffix or not
         return _ALIAS_INDEX[_norm(raw)]
     base, suffix = split_suffix(raw)
@@ -155,7 +167,7 @@ def resolve_groups(
 
     out: dict[str, list[str]] = {}
     for req in requested:
-        req_s = str(req)
+        req_s = nfc(req)
         if req_s in groups:  # exact group name
             match = req_s
         elif req_s in mapping:  # exact raw spelling

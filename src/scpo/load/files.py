@@ -1,32 +1,69 @@
-"""The user's own preference files (``pairs``, ``ratings``) and the helpers every loader shares.
+"""The user's own preference data (``pairs``, ``ratings``) and the helpers every loader shares.
 
-Formats, chosen by suffix: ``.jsonl`` / ``.ndjson`` (one JSON object a line), ``.csv`` (header row)
-and ``.parquet``. Files must be UTF-8 (a BOM is allowed). ``cfg.columns`` maps canonical column
-names to yours (``{"prompt": "question", "group": "country"}``); extra columns are ignored.
+Sources (``--data-path``, :func:`read_source`):
 
-``pairs`` — one preference pair a row:
+* a file, by suffix: ``.jsonl`` / ``.ndjson`` (one JSON object a line), ``.json`` (a JSON array of
+  objects, or JSON Lines), ``.csv`` (header row), ``.parquet`` — read by scpo's strict readers
+  (:mod:`.readers`: exact rows, every unreadable value an error naming file, row and field);
+* a folder of shards: its data files are found and split by file name exactly as ``datasets``
+  (and the Hub) split a repository (``data/train-00000-of-00002.parquet`` is split ``train``; a
+  folder without split names is all ``train``); ``--data-split`` chooses the split; each shard is
+  read by the strict readers and errors name the shard and its row; ``README.md`` is skipped;
+* a ``save_to_disk`` folder (``datasets.load_from_disk``; a ``DatasetDict`` by ``--data-split``);
+* a Hub id (``owner/name`` that is not a local path): ``datasets.load_dataset(hub_id,
+  split=--data-split)``. Rows are numbered within the split; errors name ``<id> (split <s>)``.
 
-* required ``prompt``, ``chosen``, ``rejected``, ``group``;
+Every source goes through the same row-level validation below. ``cfg.columns`` maps canonical
+column names to yours (``{"prompt": "question", "group": "country"}``; ``--group-column COL`` is
+``group=COL``); extra columns are ignored. ``--group-value NAME``: every row is of group ``NAME``
+(no group column needed; a group column present is then not read).
+
+``pairs`` — one preference pair a row, in any of TRL's preference formats:
+
+* ``chosen``, ``rejected`` and ``group`` (unless ``--group-value``) are required; ``prompt`` is
+  optional unless mapped with ``--columns``: without it the prompt is *implicit*, the shared
+  prefix of ``chosen`` and ``rejected``, cut as TRL's ``extract_prompt`` cuts it (a space just
+  before the first difference goes with the completions). An empty shared prefix is an error.
+* *standard* rows hold texts; *conversational* rows hold message lists
+  (``[{"role": "user", "content": "..."}, ...]``) in ``chosen`` / ``rejected`` (and ``prompt``, a
+  list or a text). A conversation becomes one (prompt, response) text pair: the prompt is the
+  content of the **last user turn** of the prompt messages, the response the content of the one
+  **assistant message** that follows. Other turns (a system message, earlier turns) are dropped
+  and counted (``context_dropped``). scpo's :class:`~scpo.model.InputFormatter` then renders
+  that pair for the model as it does every pair: ``tokenizer(prompt, response)`` for text-pair
+  models (the packaged encoder), a user and an assistant turn through the chat template for
+  chat-template models. A completion of more than one message, or not by the assistant, is an
+  error naming row and field.
 * optional ``split_key`` (default: the prompt, so a test prompt is never seen in training) and
-  ``pair_id`` (default ``pairs-<row>``; given ids must be unique).
+  ``pair_id`` (default ``pairs-<row>``; given ids must be unique across all shards).
 
-``ratings`` — one scored response a row:
+``ratings`` — one scored response a row (texts only):
 
-* required ``prompt``, ``response``, ``score``, ``group``, ``session``;
+* required ``prompt``, ``response``, ``score``, ``group`` (unless ``--group-value``), ``session``;
 * optional ``split_key`` (default: the session).
 * Pairs are formed within one session, between responses to the same prompt and of the same
   group, exactly as for PRISM (:func:`pairs_from_scores`): every two responses with different
   scores make a pair, the higher score chosen. A ``split_key`` must be the same on every row of a
   (group, session, prompt): else a pair could cross the train/test split (an error).
 
+Groups (both loaders; :func:`group_roles`):
+
+* ``--groups`` names the **target** groups (default: every group that is not a population group);
+  it never removes data: rows of groups that are neither target nor population stay in
+  ``PreferenceData.pairs`` (``stats["other_groups"]``, ``stats["pairs_other_groups"]``);
+* ``--population-groups`` names the groups whose pairs train the global model: they go to
+  ``PreferenceData.global_pairs`` (same columns) and not to ``pairs`` — unless also named in
+  ``--groups``, then in both. A name matching no group is an error naming the nearest names.
+* ``stats["per_group"][g]["role"]`` is ``target``, ``population``, ``target+population`` or ``other``.
+
 Rules for bad and unusable rows (both loaders):
 
 * errors (:class:`~scpo.errors.InputError` naming file, 1-based data row and field): a missing
   column (the message lists the columns present), an empty or whitespace-only text or group, a
-  non-text prompt/response, a non-numeric, NaN or infinite score, invalid UTF-8 (the row and field
-  holding the first invalid byte are named), a malformed JSON line, a repeated ``pair_id``, a
+  non-text prompt/response, a non-numeric, NaN or infinite score, every value the readers cannot
+  read (see :mod:`.readers`), a malformed JSON line, a repeated ``pair_id``, a
   ``split_key`` that differs within a ratings session/prompt, a file without data rows, a file
-  (or the requested groups) yielding no usable pair (the message gives the counts dropped). JSONL
+  (or the target groups) yielding no usable pair (the message gives the counts dropped). JSONL
   rows are line numbers; CSV rows exclude the header.
 * dropped and counted in ``stats`` (valid input that yields no training signal): a pair whose
   chosen and rejected texts are identical (``identical_pairs``), a pair repeated with the same
@@ -36,14 +73,11 @@ Rules for bad and unusable rows (both loaders):
 
 Group values that are countries are named through the shared alias table
 (:mod:`.countries`), so ``S. Africa`` and ``South Africa`` are one group; other names
-(``group-a``) are kept as they are.
+(``group-a``) are kept as they are; every name is NFC-normalised first.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -58,6 +92,7 @@ from ..config import DataConfig
 from ..errors import ConfigError, InputError
 from .base import PreferenceData, file_sha256
 from .countries import group_map, resolve_groups
+from .readers import FILE_FORMATS, read_records, read_records_hashed, table_records
 
 __all__ = [
     "PairTable",
@@ -71,7 +106,7 @@ __all__ = [
     "require_text",
 ]
 
-PAIR_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+PAIR_FORMATS = FILE_FORMATS
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -80,13 +115,22 @@ def looks_like_hub_id(name: str) -> bool:
     """True for ``owner/name`` that is not an existing local path nor a file name with a data suffix."""
     if Path(name).exists():
         return False
-    if Path(name).suffix.lower() in (*PAIR_FORMATS, ".json", ".tsv"):
+    if Path(name).suffix.lower() in (*PAIR_FORMATS, ".tsv"):
         return False
     return bool(_HUB_ID.match(name))
 
 
 # --------------------------------------------------------------------------------------------
 # values
+
+
+def short_repr(value: Any, n: int = 80) -> str:
+    """``repr(value)`` capped at ``n`` characters (safe for huge integers and deep nesting)."""
+    try:
+        r = repr(value)
+    except (ValueError, RecursionError):  # an int beyond sys.get_int_max_str_digits(), a too deep value
+        r = f"<{type(value).__name__}>"
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 def require_text(value: Any, *, file: str, row: int, field: str, allow_numbers: bool = False) -> str:
@@ -96,7 +140,7 @@ def require_text(value: Any, *, file: str, row: int, field: str, allow_numbers: 
     if value is None:
         raise InputError("missing value", file=file, row=row, field=field)
     if not isinstance(value, str):
-        raise InputError(f"expected text, got {type(value).__name__} {value!r}", file=file, row=row, field=field)
+        raise InputError(f"expected text, got {type(value).__name__} {short_repr(value)}", file=file, row=row, field=field)
     if not value.strip():
         raise InputError("empty or whitespace-only text", file=file, row=row, field=field)
     return value
@@ -105,132 +149,29 @@ def require_text(value: Any, *, file: str, row: int, field: str, allow_numbers: 
 def parse_score(value: Any, *, file: str, row: int, field: str = "score") -> float:
     """A finite float from a number or numeric text, else :class:`InputError`."""
     if isinstance(value, bool) or value is None:
-        raise InputError(f"score must be a number, got {value!r}", file=file, row=row, field=field)
+        raise InputError(f"score must be a number, got {short_repr(value)}", file=file, row=row, field=field)
     if isinstance(value, (int, float)):
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise InputError(f"score must be finite, got an integer of {len(str(value))} digits", file=file, row=row,
+                             field=field) from None
     elif isinstance(value, str):
         try:
             out = float(value.strip())
-        except ValueError:
-            raise InputError(f"score must be a number, got {value!r}", file=file, row=row, field=field) from None
+        except (ValueError, OverflowError):
+            raise InputError(f"score must be a number, got {short_repr(value)}", file=file, row=row, field=field) from None
     else:
         raise InputError(
-            f"score must be a number, got {type(value).__name__} {value!r}", file=file, row=row, field=field
+            f"score must be a number, got {type(value).__name__} {short_repr(value)}", file=file, row=row, field=field
         )
     if not math.isfinite(out):
-        raise InputError(f"score must be finite, got {value!r}", file=file, row=row, field=field)
+        raise InputError(f"score must be finite, got {short_repr(value)}", file=file, row=row, field=field)
     return out
 
 
 # --------------------------------------------------------------------------------------------
 # reading
-
-
-def _decode(data: bytes, file: str) -> tuple[str, UnicodeDecodeError | None]:
-    """The text of a UTF-8 file (BOM allowed). Invalid bytes are kept as lone surrogates and the
-    first decoding error is returned, so that the caller can name the row and field holding it."""
-    try:
-        return data.decode("utf-8-sig"), None
-    except UnicodeDecodeError as e:
-        return data.decode("utf-8-sig", errors="surrogateescape"), e
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-def _invalid_utf8(file: str, err: UnicodeDecodeError, data_line: int, row: int | None, field: str | None) -> InputError:
-    bad = err.object[err.start : err.start + 4]
-    return InputError(
-        f"not valid UTF-8 (bytes {bad!r} at byte {err.start}, line {data_line}); save the file as UTF-8",
-        file=file,
-        row=row,
-        field=field,
-    )
-
-
-def _check_utf8(file: str, err: UnicodeDecodeError | None, records: list[tuple[int, dict[str, Any]]],
-                columns: list[str]) -> None:
-    """Raise the error of the first invalid byte, naming the row and field that hold it."""
-    if err is None:
-        return
-    line = err.object[: err.start].count(b"\n") + 1
-    for c in columns:
-        if _SURROGATE.search(c):
-            raise _invalid_utf8(file, err, line, None, c.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-    for row, rec in records:
-        for k, v in rec.items():
-            if isinstance(v, str) and _SURROGATE.search(v):
-                raise _invalid_utf8(file, err, line, row, str(k))
-    raise _invalid_utf8(file, err, line, None, None)
-
-
-def read_records(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """Read a JSONL, CSV or Parquet file (by suffix) into (columns, [(row, record)]).
-
-    Rows are 1-based: line numbers for JSONL, data rows (header excluded) for CSV and Parquet.
-    For JSONL the columns are the union of the keys of every line.
-    """
-    path = Path(path)
-    file = str(path)
-    fmt = PAIR_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise InputError(f"unknown file type {path.suffix!r}; use .jsonl, .csv or .parquet", file=file)
-    if not path.is_file():
-        raise InputError("file not found", file=file)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for unreadable files
-            raise InputError(f"cannot read Parquet file: {e}", file=file) from None
-        columns = list(table.column_names)
-        if table.num_rows == 0:
-            raise InputError("no data rows (the table is empty)", file=file)
-        return columns, [(i + 1, rec) for i, rec in enumerate(table.to_pylist())]
-    text, bad_utf8 = _decode(path.read_bytes(), file)
-    if fmt == "csv":
-        csv.field_size_limit(1 << 30)
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        columns = [c for c in (reader.fieldnames or []) if c is not None]
-        records = []
-        try:
-            for i, rec in enumerate(reader):
-                if None in rec:
-                    raise InputError(
-                        f"row has {len(columns) + len(rec[None])} fields, the header {len(columns)}",
-                        file=file,
-                        row=i + 1,
-                    )
-                records.append((i + 1, rec))
-        except csv.Error as e:
-            raise InputError(f"malformed CSV: {e}", file=file, row=reader.line_num) from None
-        _check_utf8(file, bad_utf8, records, columns)
-        if not records:
-            raise InputError("no data rows (the file holds a header only, or nothing)", file=file)
-        return columns, records
-    columns_seen: dict[str, None] = {}
-    records = []
-    for i, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if bad_utf8 is not None and _SURROGATE.search(line):
-                raise _invalid_utf8(file, bad_utf8, i + 1, i + 1, None) from None
-            raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, row=i + 1) from None
-        if not isinstance(rec, dict):
-            raise InputError(f"expected a JSON object, got {type(rec).__name__}", file=file, row=i + 1)
-        if bad_utf8 is not None and _SURROGATE.search(line):
-            flat = {str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in rec.items()}
-            _check_utf8(file, bad_utf8, [(i + 1, flat)], [str(k) for k in rec])
-        for k in rec:
-            columns_seen.setdefault(k, None)
-        records.append((i + 1, rec))
-    if not records:
-        raise InputError("no data rows (the file is empty)", file=file)
-    return list(columns_seen), records
 
 
 def map_columns(
@@ -381,12 +322,282 @@ def select_groups(
 
 
 # --------------------------------------------------------------------------------------------
+# sources: a file, a folder of shards, a save_to_disk folder, a Hub id
+
+
+@dataclass
+class Part:
+    """The records of one source file (or one ``datasets`` table): rows are 1-based within it."""
+
+    file: str
+    columns: list[str]
+    records: list[tuple[int, dict[str, Any]]]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _from_disk(path: Path, split: str) -> tuple[list[Part], dict[str, Any]]:
+    file = str(path)
+    try:
+        ds = datasets.load_from_disk(file)
+    except Exception as e:  # datasets raises several types for a damaged folder
+        raise InputError(f"cannot load the save_to_disk folder: {_first_line(e)}", file=file) from None
+    prov: dict[str, Any] = {"file": str(path.resolve()), "format": "save_to_disk"}
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise InputError(f"no split {split!r} (splits: {', '.join(ds)}); choose one with --data-split",
+                             file=file, field="data_split")
+        ds, prov["split"] = ds[split], split
+    prov["files"] = {c["filename"]: file_sha256(c["filename"]) for c in ds.cache_files}
+    columns, records = table_records(ds.with_format("arrow")[:], file=file)
+    if not records:
+        raise InputError("no data rows (the data set is empty)", file=file)
+    return [Part(file, columns, records)], prov
+
+
+_SKIPPED_IN_FOLDERS = {".md", ".txt", ".yaml", ".yml", ".lock", ".gitattributes"}
+
+
+def _from_folder(path: Path, split: str) -> tuple[list[Part], dict[str, Any]]:
+    """A folder of shards, split by file name exactly as ``datasets`` (and the Hub) split a repository."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    file = str(path)
+    try:
+        patterns = get_data_patterns(file)
+        found = DataFilesDict.from_patterns(patterns, base_path=file)
+    except FileNotFoundError:
+        raise InputError("the folder holds no data files (.jsonl, .json, .csv, .parquet)", file=file) from None
+    except Exception as e:
+        raise InputError(f"cannot list the folder's data files: {_first_line(e)}", file=file) from None
+    if split not in found:
+        raise InputError(f"no split {split!r} among the folder's files (splits: {', '.join(map(str, found))}); "
+                         "choose one with --data-split", file=file, field="data_split")
+    shards = [Path(f) for f in found[split] if Path(f).suffix.lower() not in _SKIPPED_IN_FOLDERS]
+    bad = [str(f) for f in shards if f.suffix.lower() not in FILE_FORMATS]
+    if bad:
+        raise InputError(f"unsupported shard type {Path(bad[0]).suffix!r}; shards must be .jsonl, .json, .csv or "
+                         ".parquet", file=bad[0])
+    if not shards:
+        raise InputError("the folder holds no data files (.jsonl, .json, .csv, .parquet)", file=file)
+    parts, shas = [], {}
+    for f in shards:
+        columns, records, sha = read_records_hashed(f)
+        parts.append(Part(str(f), columns, records))
+        shas[str(f.resolve())] = sha
+    return parts, {"file": str(path.resolve()), "format": "shards", "split": split, "files": shas}
+
+
+def _from_hub(hub_id: str, split: str) -> tuple[list[Part], dict[str, Any]]:
+    """``datasets.load_dataset(hub_id, split=split)``: the Hub code path (tested on local folders of the same schema)."""
+    label = f"{hub_id} (split {split})"
+    try:
+        ds = datasets.load_dataset(hub_id, split=split)
+    except Exception as e:  # offline, unknown repo, unknown split, bad files: datasets raises many types
+        raise InputError(f"cannot load the Hub data set with datasets.load_dataset: {_first_line(e)}",
+                         file=label) from None
+    if isinstance(ds, (datasets.IterableDataset, datasets.IterableDatasetDict)):  # pragma: no cover - not asked for
+        raise InputError("a streaming data set cannot be loaded; download it", file=label)
+    columns, records = table_records(ds.with_format("arrow")[:], file=label)
+    if not records:
+        raise InputError("no data rows (the split is empty)", file=label)
+    return [Part(label, columns, records)], {"hub_id": hub_id, "split": split,
+                                             "fingerprint": getattr(ds, "_fingerprint", None)}
+
+
+def read_source(cfg: DataConfig) -> tuple[list[Part], dict[str, Any]]:
+    """The parts of ``cfg.data_path`` and its provenance: a file, a folder (shards or ``save_to_disk``) or a Hub id."""
+    path = _require_path(cfg)
+    name = str(cfg.data_path)
+    if path.is_dir():
+        return _from_disk(path, cfg.data_split) if _is_saved_dataset(path) else _from_folder(path, cfg.data_split)
+    if not (path.exists() or path.is_symlink()) and looks_like_hub_id(name):
+        return _from_hub(name, cfg.data_split)
+    columns, records, sha = read_records_hashed(path)
+    return [Part(name, columns, records)], {"file": str(path.resolve()), "sha256": sha}
+
+
+# --------------------------------------------------------------------------------------------
+# TRL's preference formats
+
+
+def _shared_prefix(a: Sequence[Any], b: Sequence[Any], *, text: bool) -> int:
+    """Length of the shared prefix of ``chosen`` and ``rejected``, as TRL's ``extract_prompt`` cuts it
+    (for text, a space just before the first difference goes with the completions)."""
+    k = 0
+    n = min(len(a), len(b))
+    while k < n and a[k] == b[k]:
+        k += 1
+    if text and 0 < k < n and a[k - 1] == " ":
+        k -= 1
+    return k
+
+
+def _messages(value: Any, *, file: str, row: int, field: str) -> list[dict[str, str]]:
+    """A conversational value: a non-empty list of ``{"role": str, "content": str}``."""
+    if not isinstance(value, list) or not value:
+        raise InputError(f"expected a list of messages, got {type(value).__name__}", file=file, row=row, field=field)
+    for k, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
+            raise InputError(f"message {k + 1}: expected {{'role': ..., 'content': ...}}, got {type(m).__name__}",
+                             file=file, row=row, field=field)
+        if not isinstance(m["content"], str):
+            raise InputError(f"message {k + 1}: content must be text, got {type(m['content']).__name__}",
+                             file=file, row=row, field=field)
+    return value
+
+
+def _last_user_turn(msgs: list[dict[str, str]], *, file: str, row: int, field: str) -> tuple[str, bool]:
+    """(the content of the last user turn, whether other turns of the prompt were dropped)."""
+    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+    if not users:
+        raise InputError(f"the prompt has no user turn (roles {[m['role'] for m in msgs]})", file=file, row=row,
+                         field=field)
+    text = require_text(msgs[users[-1]]["content"], file=file, row=row, field=field)
+    return text, len(msgs) > 1
+
+
+def _reply(msgs: list[dict[str, str]], *, file: str, row: int, field: str) -> str:
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise InputError(f"expected one assistant message after the prompt, got roles {[m['role'] for m in msgs]}",
+                         file=file, row=row, field=field)
+    return require_text(msgs[0]["content"], file=file, row=row, field=field)
+
+
+def _no_prompt(present: Sequence[str], *, file: str, row: int) -> InputError:
+    return InputError(
+        f"missing column 'prompt' (columns present: {', '.join(map(repr, present)) or 'none'}), and chosen and "
+        "rejected share no prefix to take as the prompt (TRL's implicit prompt); map a prompt column with "
+        "--columns prompt=COL",
+        file=file, row=row, field="prompt",
+    )
+
+
+def pair_texts(rec: Mapping[str, Any], cols: Mapping[str, str | None], *, file: str, row: int,
+               counts: Counter[str], present: Sequence[str] = ()) -> tuple[str, str, str]:
+    """``(prompt, chosen, rejected)`` texts of one row in any of TRL's preference formats.
+
+    Explicit prompt (a ``prompt`` column) or implicit (none: the prompt is the shared prefix of
+    ``chosen`` and ``rejected``); standard (texts) or conversational (message lists). A
+    conversation becomes the last user turn of the prompt and the assistant reply; other turns
+    (a system message, earlier turns) are dropped and counted (``context_dropped``).
+    """
+    fc, fr, fp = cols["chosen"], cols["rejected"], cols["prompt"]
+    c, r = rec.get(fc), rec.get(fr)
+    p = rec.get(fp) if fp is not None else None
+    if not (isinstance(c, list) or isinstance(r, list)):  # standard: every value must be text
+        if fp is not None:
+            return (require_text(p, file=file, row=row, field=fp), require_text(c, file=file, row=row, field=fc),
+                    require_text(r, file=file, row=row, field=fr))
+        c, r = require_text(c, file=file, row=row, field=fc), require_text(r, file=file, row=row, field=fr)
+        counts["implicit_prompt_rows"] += 1
+        if c == r:
+            return IDENTICAL
+        k = _shared_prefix(c, r, text=True)
+        if not c[:k].strip():
+            raise _no_prompt(present, file=file, row=row)
+        return (c[:k], require_text(c[k:], file=file, row=row, field=fc),
+                require_text(r[k:], file=file, row=row, field=fr))
+    counts["conversational_rows"] += 1
+    cm, rm = _messages(c, file=file, row=row, field=fc), _messages(r, file=file, row=row, field=fr)
+    if cm == rm:
+        return IDENTICAL
+    if fp is None:
+        k = _shared_prefix(cm, rm, text=False)
+        if k == 0:
+            raise _no_prompt(present, file=file, row=row)
+        counts["implicit_prompt_rows"] += 1
+        prompt, dropped = _last_user_turn(cm[:k], file=file, row=row, field=fc)
+    else:
+        if isinstance(p, list):
+            prompt, dropped = _last_user_turn(_messages(p, file=file, row=row, field=fp), file=file, row=row, field=fp)
+        else:
+            prompt, dropped = require_text(p, file=file, row=row, field=fp), False
+        # a prompt column beside whole conversations (HuggingFaceH4/ultrafeedback_binarized): the replies
+        # are what follows the conversations' shared prefix
+        k = _shared_prefix(cm, rm, text=False) if len(cm) > 1 or len(rm) > 1 else 0
+    cm, rm = cm[k:], rm[k:]
+    counts["context_dropped"] += int(dropped)
+    return prompt, _reply(cm, file=file, row=row, field=fc), _reply(rm, file=file, row=row, field=fr)
+
+
+IDENTICAL = ("", "", "")
+"""What :func:`pair_texts` gives for a row whose chosen and rejected are identical (dropped and counted)."""
+
+
+# --------------------------------------------------------------------------------------------
+# groups: targets, population, the others
+
+
+@dataclass
+class GroupRoles:
+    """Which groups of a file are trained (``targets``), train the global model (``population``), or neither."""
+
+    all: dict[str, list[str]]
+    targets: dict[str, list[str]]
+    population: dict[str, list[str]]
+
+    def role(self, group: str) -> str:
+        t, p = group in self.targets, group in self.population
+        return "target+population" if t and p else "target" if t else "population" if p else "other"
+
+    def in_pairs(self, group: str) -> bool:
+        """Everything but population-only groups stays in ``PreferenceData.pairs``."""
+        return group in self.targets or group not in self.population
+
+    @property
+    def others(self) -> list[str]:
+        return [g for g in self.all if g not in self.targets and g not in self.population]
+
+
+def group_roles(cfg: DataConfig, raw_names: Iterable[str], *, file: str, field: str) -> GroupRoles:
+    """Resolve ``--groups`` (targets) and ``--population-groups`` against the data's group names.
+
+    Without ``--groups`` every group that is not a population group is a target. Unknown names are
+    :class:`InputError` naming the nearest names.
+    """
+    raw_names = list(raw_names)
+    every = resolve_groups(None, raw_names, file=file)
+    population: dict[str, list[str]] = {}
+    if cfg.population_groups:
+        try:
+            population = resolve_groups(list(cfg.population_groups), raw_names, file=file)
+        except InputError as e:
+            raise InputError(f"--population-groups: {e.detail}", file=e.file, field="population_groups") from None
+    if cfg.groups:
+        targets = resolve_groups(list(cfg.groups), raw_names, file=file)
+    else:
+        targets = {g: r for g, r in every.items() if g not in population}
+        if not targets:
+            raise InputError(f"every group of the data is a population group ({', '.join(population)}): name the "
+                             "groups to train with --groups", file=file, field=field)
+    return GroupRoles(every, targets, population)
+
+
+def _role_stats(roles: GroupRoles, per_group: Mapping[str, Counter[str]], keys: Sequence[str]) -> dict[str, Any]:
+    return {
+        "target_groups": list(roles.targets),
+        "population_groups": list(roles.population),
+        "other_groups": roles.others,
+        "pairs_other_groups": sum(per_group[g]["pairs"] for g in roles.others),
+        "per_group": {g: {"role": roles.role(g), **{k: per_group[g][k] for k in keys}} for g in roles.all},
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # loaders
 
 
-def _generated_id(row: int, given: set[str]) -> str:
+def _generated_id(row: int, given: set[str], prefix: str = "pairs") -> str:
     """``pairs-<row>``, made distinct from every id the file gives."""
-    out = f"pairs-{row}"
+    out = f"{prefix}-{row}"
     while out in given:
         out += "-generated"
     return out
@@ -398,156 +609,189 @@ def _require_path(cfg: DataConfig) -> Path:
     return Path(cfg.data_path)
 
 
+_GROUP_HINT = "; a file that is all one group: --group-value NAME; a group column of another name: --group-column COL"
+
+
+def _group_column(cfg: DataConfig) -> dict[str, str]:
+    mapping = dict(cfg.columns)
+    if cfg.group_column:
+        mapping["group"] = cfg.group_column
+    return mapping
+
+
+def _map(cfg: DataConfig, required: Sequence[str], optional: Sequence[str], part: Part) -> dict[str, str | None]:
+    mapping = _group_column(cfg)
+    try:
+        return map_columns(mapping, required, optional, part.columns, file=part.file)
+    except InputError as e:
+        if e.field == mapping.get("group", "group"):
+            raise InputError(e.detail + _GROUP_HINT, file=e.file, field=e.field) from None
+        raise
+
+
+def _group_of(cfg: DataConfig, rec: Mapping[str, Any], cols: Mapping[str, str | None], *, file: str, row: int) -> str:
+    if cfg.group_value is not None:
+        return cfg.group_value.strip()
+    return require_text(rec.get(cols["group"]), file=file, row=row, field=cols["group"], allow_numbers=True).strip()
+
+
+def _files_label(parts: list[Part], prov: Mapping[str, Any]) -> str:
+    return parts[0].file if len(parts) == 1 else str(prov.get("file", parts[0].file))
+
+
 def load_pairs(cfg: DataConfig) -> PreferenceData:
-    """Load a file of preference pairs (see the module docstring for the columns and rules)."""
-    path = _require_path(cfg)
-    file = str(path)
-    present, records = read_records(path)
-    cols = map_columns(
-        cfg.columns, ("prompt", "chosen", "rejected", "group"), ("split_key", "pair_id"), present, file=file
-    )
-
-    rows: list[tuple[int, str, str, str, str, str, str | None]] = []
-    for row, rec in records:
-        prompt = require_text(rec.get(cols["prompt"]), file=file, row=row, field=cols["prompt"])
-        chosen = require_text(rec.get(cols["chosen"]), file=file, row=row, field=cols["chosen"])
-        rejected = require_text(rec.get(cols["rejected"]), file=file, row=row, field=cols["rejected"])
-        group = require_text(rec.get(cols["group"]), file=file, row=row, field=cols["group"], allow_numbers=True)
-        split_key = prompt
-        if cols["split_key"] is not None and rec.get(cols["split_key"]) not in (None, ""):
-            split_key = require_text(
-                rec.get(cols["split_key"]), file=file, row=row, field=cols["split_key"], allow_numbers=True
-            )
-        pair_id = None
-        if cols["pair_id"] is not None and rec.get(cols["pair_id"]) not in (None, ""):
-            pair_id = require_text(
-                rec.get(cols["pair_id"]), file=file, row=row, field=cols["pair_id"], allow_numbers=True
-            )
-        rows.append((row, prompt, chosen, rejected, group.strip(), split_key, pair_id))
-
-    gmap = group_map(r[4] for r in rows)
-    matches, _ = select_groups(cfg.groups, None, list(gmap), file=file)
-    keep_raw = {raw for raws in matches.values() for raw in raws}
-
-    table = PairTable()
-    per_group: dict[str, Counter[str]] = defaultdict(Counter)
+    """Load preference pairs (see the module docstring for the sources, formats, columns and rules)."""
+    parts, prov = read_source(cfg)
+    file = _files_label(parts, prov)
+    explicit_prompt = "prompt" in cfg.columns
+    group_opt = ("group",) if cfg.group_value is not None else ()
+    required = ("prompt", "chosen", "rejected") if explicit_prompt else ("chosen", "rejected")
+    required = (*required, *(() if group_opt else ("group",)))
+    optional = (*(() if explicit_prompt else ("prompt",)), *group_opt, "split_key", "pair_id")
     counts: Counter[str] = Counter()
+    rows: list[tuple[str, int, str, str, str, str, str, str | None]] = []
+    n_records = 0
+    split_by_key = False
+    for part in parts:
+        cols = _map(cfg, required, optional, part)
+        split_by_key |= cols["split_key"] is not None
+        f = part.file
+        n_records += len(part.records)
+        for row, rec in part.records:
+            prompt, chosen, rejected = pair_texts(rec, cols, file=f, row=row, counts=counts, present=part.columns)
+            group = _group_of(cfg, rec, cols, file=f, row=row)
+            split_key = prompt
+            if cols["split_key"] is not None and rec.get(cols["split_key"]) not in (None, ""):
+                split_key = require_text(rec.get(cols["split_key"]), file=f, row=row, field=cols["split_key"],
+                                         allow_numbers=True)
+            pair_id = None
+            if cols["pair_id"] is not None and rec.get(cols["pair_id"]) not in (None, ""):
+                pair_id = require_text(rec.get(cols["pair_id"]), file=f, row=row, field=cols["pair_id"],
+                                       allow_numbers=True)
+            rows.append((f, row, prompt, chosen, rejected, group, split_key, pair_id))
+
+    gmap = group_map(r[5] for r in rows)
+    group_field = "group" if cfg.group_value is not None else _group_column(cfg).get("group", "group")
+    roles = group_roles(cfg, list(gmap), file=file, field=group_field)
+
+    table, gtable = PairTable(), PairTable()
+    per_group: dict[str, Counter[str]] = defaultdict(Counter)
     seen_pairs: set[tuple[str, str, str, str, str]] = set()
-    seen_ids: dict[str, int] = {}
-    given_ids = {r[6] for r in rows if r[6] is not None}
-    for row, prompt, chosen, rejected, raw_group, split_key, pair_id in rows:
+    seen_ids: dict[str, tuple[str, int]] = {}
+    given_ids = {r[7] for r in rows if r[7] is not None}
+    many = len(parts) > 1
+    for k, (f, row, prompt, chosen, rejected, raw_group, split_key, pair_id) in enumerate(rows):
         group = gmap[raw_group]
         if pair_id is not None:
             if pair_id in seen_ids:
-                raise InputError(
-                    f"pair_id {pair_id!r} repeats row {seen_ids[pair_id]}", file=file, row=row, field=cols["pair_id"]
-                )
-            seen_ids[pair_id] = row
-        if raw_group not in keep_raw:
-            counts["rows_other_groups"] += 1
-            continue
+                where = seen_ids[pair_id]
+                at = f"row {where[1]}" + (f" of {where[0]}" if where[0] != f else "")
+                raise InputError(f"pair_id {pair_id!r} repeats {at}", file=f, row=row, field=cols_field(cfg, "pair_id"))
+            seen_ids[pair_id] = (f, row)
+        pg = per_group[group]
         if chosen == rejected:
-            per_group[group]["identical_pairs"] += 1
-            counts["identical_pairs"] += 1
+            pg["identical_pairs"] += 1
             continue
         key = (group, prompt, chosen, rejected, split_key)
         if key in seen_pairs:
-            per_group[group]["duplicate_pairs"] += 1
-            counts["duplicate_pairs"] += 1
+            pg["duplicate_pairs"] += 1
             continue
         seen_pairs.add(key)
-        per_group[group]["pairs"] += 1
-        table.add(
-            pair_id=pair_id if pair_id is not None else _generated_id(row, given_ids),
-            group=group,
-            prompt=prompt,
-            chosen=chosen,
-            rejected=rejected,
-            split_key=split_key,
-            raw_group=raw_group,
-            source_row=row,
-        )
-    if not len(table):
-        what = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in ("identical_pairs", "duplicate_pairs") if counts[k])
-        scope = f"the requested group(s) {list(matches)}" if cfg.groups else "the file"
-        raise InputError(
-            f"no usable pairs in {scope}" + (f" ({what} dropped)" if what else ""),
-            file=file,
-            field=cols["group"] if cfg.groups else None,
-        )
+        pg["pairs"] += 1
+        pid = pair_id if pair_id is not None else _generated_id(k + 1 if many else row, given_ids)
+        fields = dict(pair_id=pid, group=group, prompt=prompt, chosen=chosen, rejected=rejected,
+                      split_key=split_key, raw_group=raw_group, source_row=row)
+        if roles.in_pairs(group):
+            table.add(**fields)
+        if group in roles.population:
+            gtable.add(**fields)
+    target_pairs = sum(per_group[g]["pairs"] for g in roles.targets)
+    if not target_pairs:
+        dropped = {k: sum(per_group[g][k] for g in roles.targets) for k in ("identical_pairs", "duplicate_pairs")}
+        what = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in dropped.items() if v)
+        scope = f"the requested group(s) {list(roles.targets)}" if cfg.groups else f"the target group(s) {list(roles.targets)}"
+        raise InputError(f"no usable pairs in {scope}" + (f" ({what} dropped)" if what else ""), file=file,
+                         field=group_field if (cfg.groups or cfg.population_groups) else None)
     stats = {
-        "rows": len(records),
+        "rows": n_records,
         "pairs": len(table),
-        "identical_pairs": counts["identical_pairs"],
-        "duplicate_pairs": counts["duplicate_pairs"],
-        "rows_other_groups": counts["rows_other_groups"],
-        "per_group": {
-            g: {k: per_group[g][k] for k in ("pairs", "identical_pairs", "duplicate_pairs")} for g in matches
-        },
+        "global_pairs": len(gtable),
+        "identical_pairs": sum(c["identical_pairs"] for c in per_group.values()),
+        "duplicate_pairs": sum(c["duplicate_pairs"] for c in per_group.values()),
+        **{k: counts[k] for k in ("implicit_prompt_rows", "conversational_rows", "context_dropped")},
+        **_role_stats(roles, per_group, ("pairs", "identical_pairs", "duplicate_pairs")),
     }
     return PreferenceData(
         name="pairs",
         pairs=table.to_dataset(),
-        default_groups=list(matches),
+        global_pairs=gtable.to_dataset() if roles.population else None,
+        default_groups=list(roles.targets),
         default_test_fraction=0.2,
-        split_unit="split key" if cols["split_key"] is not None else "prompt",
-        group_matches=matches,
+        split_unit="split key" if split_by_key else "prompt",
+        group_matches=roles.targets,
         stats=stats,
-        provenance={"file": str(path.resolve()), "sha256": file_sha256(path), "columns": dict(cfg.columns)},
+        provenance={**prov, "columns": dict(_group_column(cfg)),
+                    **({"group_value": cfg.group_value} if cfg.group_value is not None else {})},
     )
+
+
+def cols_field(cfg: DataConfig, name: str) -> str:
+    """The file's name of a canonical column."""
+    return _group_column(cfg).get(name, name)
 
 
 def load_ratings(cfg: DataConfig) -> PreferenceData:
-    """Load a file of scored responses and form pairs within sessions (see the module docstring)."""
-    path = _require_path(cfg)
-    file = str(path)
-    present, records = read_records(path)
-    cols = map_columns(
-        cfg.columns, ("prompt", "response", "score", "group", "session"), ("split_key",), present, file=file
-    )
+    """Load scored responses and form pairs within sessions (see the module docstring)."""
+    parts, prov = read_source(cfg)
+    file = _files_label(parts, prov)
+    group_opt = ("group",) if cfg.group_value is not None else ()
+    required = ("prompt", "response", "score", "session", *(() if group_opt else ("group",)))
 
     # unit = (raw group, session, prompt) -> scored responses; split key per unit
     units: dict[tuple[str, str, str], list[Scored]] = {}
-    unit_split: dict[tuple[str, str, str], str] = {}
-    for row, rec in records:
-        prompt = require_text(rec.get(cols["prompt"]), file=file, row=row, field=cols["prompt"])
-        response = require_text(rec.get(cols["response"]), file=file, row=row, field=cols["response"])
-        score = parse_score(rec.get(cols["score"]), file=file, row=row, field=cols["score"])
-        group = require_text(rec.get(cols["group"]), file=file, row=row, field=cols["group"], allow_numbers=True)
-        session = require_text(rec.get(cols["session"]), file=file, row=row, field=cols["session"], allow_numbers=True)
-        split_key = session
-        if cols["split_key"] is not None and rec.get(cols["split_key"]) not in (None, ""):
-            split_key = require_text(
-                rec.get(cols["split_key"]), file=file, row=row, field=cols["split_key"], allow_numbers=True
-            )
-        key = (group.strip(), session, prompt)
-        if key in unit_split and unit_split[key] != split_key:
-            first_row = units[key][0].row
-            raise InputError(
-                f"split key {split_key!r} differs from {unit_split[key]!r} of row {first_row} (same group, session "
-                "and prompt): its pairs would cross the train/test split",
-                file=file,
-                row=row,
-                field=cols["split_key"],
-            )
-        units.setdefault(key, []).append(Scored(prompt, response, score, row))
-        unit_split.setdefault(key, split_key)
+    unit_split: dict[tuple[str, str, str], tuple[str, str, int]] = {}
+    n_records = 0
+    split_by_key = False
+    for part in parts:
+        cols = _map(cfg, required, (*group_opt, "split_key"), part)
+        split_by_key |= cols["split_key"] is not None
+        f = part.file
+        n_records += len(part.records)
+        for row, rec in part.records:
+            prompt = require_text(rec.get(cols["prompt"]), file=f, row=row, field=cols["prompt"])
+            response = require_text(rec.get(cols["response"]), file=f, row=row, field=cols["response"])
+            score = parse_score(rec.get(cols["score"]), file=f, row=row, field=cols["score"])
+            group = _group_of(cfg, rec, cols, file=f, row=row)
+            session = require_text(rec.get(cols["session"]), file=f, row=row, field=cols["session"], allow_numbers=True)
+            split_key = session
+            if cols["split_key"] is not None and rec.get(cols["split_key"]) not in (None, ""):
+                split_key = require_text(rec.get(cols["split_key"]), file=f, row=row, field=cols["split_key"],
+                                         allow_numbers=True)
+            key = (group, session, prompt)
+            if key in unit_split and unit_split[key][0] != split_key:
+                first, first_file, first_row = unit_split[key]
+                at = f"row {first_row}" + (f" of {first_file}" if first_file != f else "")
+                raise InputError(
+                    f"split key {split_key!r} differs from {first!r} of {at} (same group, session "
+                    "and prompt): its pairs would cross the train/test split",
+                    file=f, row=row, field=cols["split_key"],
+                )
+            units.setdefault(key, []).append(Scored(prompt, response, score, row))
+            unit_split.setdefault(key, (split_key, f, row))
 
     gmap = group_map(k[0] for k in units)
-    matches, _ = select_groups(cfg.groups, None, list(gmap), file=file)
-    keep_raw = {raw for raws in matches.values() for raw in raws}
+    group_field = "group" if cfg.group_value is not None else _group_column(cfg).get("group", "group")
+    roles = group_roles(cfg, list(gmap), file=file, field=group_field)
 
-    table = PairTable()
+    table, gtable = PairTable(), PairTable()
     per_group: dict[str, Counter[str]] = defaultdict(Counter)
-    counts: Counter[str] = Counter()
-    for key, items in units.items():
+    sessions: dict[str, set[str]] = defaultdict(set)
+    many = len(parts) > 1
+    for u, (key, items) in enumerate(units.items()):
         raw_group, session, prompt = key
-        if raw_group not in keep_raw:
-            counts["rows_other_groups"] += len(items)
-            continue
         group = gmap[raw_group]
         pg = per_group[group]
-        pg["sessions"] += 0  # make the group appear even when it yields nothing
+        sessions[group].add(session)
         if len(items) < 2:
             pg["single_response_units"] += 1
             continue
@@ -556,50 +800,46 @@ def load_ratings(cfg: DataConfig) -> PreferenceData:
         for chosen, rejected in pairs:
             pg["pairs"] += 1
             a, b = sorted((chosen.row, rejected.row))
-            table.add(
-                pair_id=f"ratings-{a}-{b}",
-                group=group,
-                prompt=prompt,
-                chosen=chosen.response,
-                rejected=rejected.response,
-                split_key=unit_split[key],
-                raw_group=raw_group,
-                source_row=a,
-            )
-    sessions = defaultdict(set)
-    for raw_group, session, _ in units:
-        if raw_group in keep_raw:
-            sessions[gmap[raw_group]].add(session)
-    if not len(table):
+            fields = dict(pair_id=f"ratings-{u + 1}-{a}-{b}" if many else f"ratings-{a}-{b}", group=group,
+                          prompt=prompt, chosen=chosen.response, rejected=rejected.response,
+                          split_key=unit_split[key][0], raw_group=raw_group, source_row=a)
+            if roles.in_pairs(group):
+                table.add(**fields)
+            if group in roles.population:
+                gtable.add(**fields)
+    keys = ("pairs", "ties", "identical_texts", "single_response_units")
+    if not sum(per_group[g]["pairs"] for g in roles.targets):
         detail = "; ".join(
-            f"{g!r}: " + (", ".join(f"{per_group[g][k]} {k.replace('_', ' ')}"
-                                    for k in ("ties", "identical_texts", "single_response_units") if per_group[g][k])
+            f"{g!r}: " + (", ".join(f"{per_group[g][k]} {k.replace('_', ' ')}" for k in keys[1:] if per_group[g][k])
                           or "no rows")
-            for g in matches
+            for g in roles.targets
         )
-        scope = "requested group(s)" if cfg.groups else "group(s)"
+        scope = "requested group(s)" if cfg.groups else "target group(s)"
         raise InputError(
             f"no usable pairs: every session/prompt of the {scope} has a single response or tied scores ({detail})",
-            file=file,
-            field=cols["group"] if cfg.groups else None,
+            file=file, field=group_field if (cfg.groups or cfg.population_groups) else None,
         )
-    keys = ("pairs", "ties", "identical_texts", "single_response_units")
+    role_stats = _role_stats(roles, per_group, keys)
+    for g, st in role_stats["per_group"].items():
+        st["sessions"] = len(sessions[g])
     stats = {
-        "rows": len(records),
+        "rows": n_records,
         "pairs": len(table),
-        **{k: sum(per_group[g][k] for g in matches) for k in keys[1:]},
-        "rows_other_groups": counts["rows_other_groups"],
-        "per_group": {g: {"sessions": len(sessions[g]), **{k: per_group[g][k] for k in keys}} for g in matches},
+        "global_pairs": len(gtable),
+        **{k: sum(per_group[g][k] for g in roles.all) for k in keys[1:]},
+        **role_stats,
     }
     return PreferenceData(
         name="ratings",
         pairs=table.to_dataset(),
-        default_groups=list(matches),
+        global_pairs=gtable.to_dataset() if roles.population else None,
+        default_groups=list(roles.targets),
         default_test_fraction=0.2,
-        split_unit="split key" if cols["split_key"] is not None else "session",
-        group_matches=matches,
+        split_unit="split key" if split_by_key else "session",
+        group_matches=roles.targets,
         stats=stats,
-        provenance={"file": str(path.resolve()), "sha256": file_sha256(path), "columns": dict(cfg.columns)},
+        provenance={**prov, "columns": dict(_group_column(cfg)),
+                    **({"group_value": cfg.group_value} if cfg.group_value is not None else {})},
     )
 
 

@@ -46,9 +46,10 @@ import datasets
 
 from ..config import DataConfig
 from ..errors import InputError
-from .base import PreferenceData, file_sha256
+from .base import PreferenceData
 from .countries import PAPER_COUNTRIES, group_map
-from .files import PairTable, looks_like_hub_id, read_records, require_text, select_groups
+from .files import PairTable, looks_like_hub_id, require_text, select_groups
+from .readers import read_records_hashed
 
 HUB_ID = "Anthropic/llm_global_opinions"
 SUM_TOLERANCE = 0.05
@@ -163,8 +164,8 @@ def _records(cfg: DataConfig) -> tuple[str, list[str], Iterable[tuple[int, dict[
             ) from None
         return hub_id, list(ds.column_names), ((i + 1, rec) for i, rec in enumerate(ds)), {"hub_id": hub_id}
     path = Path(cfg.data_path)
-    columns, records = read_records(path)
-    return str(path), columns, records, {"file": str(path.resolve()), "sha256": file_sha256(path)}
+    columns, records, sha = read_records_hashed(path)  # the hash of the very bytes read
+    return str(path), columns, records, {"file": str(path.resolve()), "sha256": sha}
 
 
 def load_goqa(cfg: DataConfig) -> PreferenceData:

@@ -36,7 +36,7 @@ import datasets
 
 from ..config import DataConfig
 from ..errors import ConfigError, InputError
-from .base import PreferenceData, file_sha256
+from .base import PreferenceData
 from .countries import PAPER_COUNTRIES, group_map
 from .files import (
     PairTable,
@@ -44,10 +44,10 @@ from .files import (
     looks_like_hub_id,
     pairs_from_scores,
     parse_score,
-    read_records,
     require_text,
     select_groups,
 )
+from .readers import read_records_hashed
 
 HUB_ID = "HannahRoseKirk/prism-alignment"
 COUNTRY_FIELDS = ("reside_country", "birth_country")
@@ -102,14 +102,9 @@ def load_prism(cfg: DataConfig) -> PreferenceData:
             if not p.is_file():
                 raise InputError(f"missing {p.name} in the PRISM folder", file=str(p))
         survey_file, utt_file = str(survey_path), str(utt_path)
-        s_cols, s_recs = read_records(survey_path)
-        u_cols, u_recs = read_records(utt_path)
-        provenance = {
-            "files": {
-                survey_file: file_sha256(survey_path),
-                utt_file: file_sha256(utt_path),
-            }
-        }
+        s_cols, s_recs, s_sha = read_records_hashed(survey_path)  # hashes of the very bytes read
+        u_cols, u_recs, u_sha = read_records_hashed(utt_path)
+        provenance = {"files": {survey_file: s_sha, utt_file: u_sha}}
     provenance["country_field"] = field
 
     # ---- survey: user -> raw country
