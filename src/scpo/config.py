@@ -21,6 +21,7 @@ import math
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,8 +159,6 @@ def _group_names(names: list[Any] | None, flag: str) -> list[str] | None:
     """Group names as texts, NFC-normalised; a null (YAML ``null``, Python ``None``, the word ``null``) is an error."""
     if names is None:
         return None
-    import unicodedata
-
     out = []
     for n in names:
         if n is None or (isinstance(n, str) and n.strip().casefold() in _NULL_WORDS):

@@ -21,6 +21,7 @@ Columns are read as Arrow (:func:`pair_table`), never as Python lists of every r
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -135,3 +136,51 @@ def check_pairs(pairs: datasets.Dataset | pa.Table, source: str) -> None:
             raise InputError("empty or non-text value", file=source, row=i + 1, field=name)
 
 
+# ---------------------------------------------------------------------------------------------
+# field checks every loader shares
+
+
+def short_repr(value: Any, n: int = 80) -> str:
+    """``repr(value)`` capped at ``n`` characters (safe for huge integers and deep nesting)."""
+    try:
+        r = repr(value)
+    except (ValueError, RecursionError):  # an int beyond sys.get_int_max_str_digits(), a too deep value
+        r = f"<{type(value).__name__}>"
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def require_text(value: Any, *, file: str, row: int, field: str, allow_numbers: bool = False) -> str:
+    """``value`` as a non-empty string, else :class:`InputError` (numbers allowed for ids/groups)."""
+    if allow_numbers and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is None:
+        raise InputError("missing value", file=file, row=row, field=field)
+    if not isinstance(value, str):
+        raise InputError(f"expected text, got {type(value).__name__} {short_repr(value)}", file=file, row=row, field=field)
+    if not value.strip():
+        raise InputError("empty or whitespace-only text", file=file, row=row, field=field)
+    return value
+
+
+def parse_score(value: Any, *, file: str, row: int, field: str = "score") -> float:
+    """A finite float from a number or numeric text, else :class:`InputError`."""
+    if isinstance(value, bool) or value is None:
+        raise InputError(f"score must be a number, got {short_repr(value)}", file=file, row=row, field=field)
+    if isinstance(value, (int, float)):
+        try:
+            out = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise InputError(f"score must be finite, got an integer of {len(str(value))} digits", file=file, row=row,
+                             field=field) from None
+    elif isinstance(value, str):
+        try:
+            out = float(value.strip())
+        except (ValueError, OverflowError):
+            raise InputError(f"score must be a number, got {short_repr(value)}", file=file, row=row, field=field) from None
+    else:
+        raise InputError(
+            f"score must be a number, got {type(value).__name__} {short_repr(value)}", file=file, row=row, field=field
+        )
+    if not math.isfinite(out):
+        raise InputError(f"score must be finite, got {short_repr(value)}", file=file, row=row, field=field)
+    return out

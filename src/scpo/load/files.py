@@ -78,21 +78,20 @@ Group values that are countries are named through the shared alias table
 
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import datasets
 
 from ..config import DataConfig
 from ..errors import ConfigError, InputError
-from .base import PreferenceData, file_sha256
+from .base import PreferenceData, parse_score, require_text
 from .countries import group_map, resolve_groups
-from .readers import FILE_FORMATS, read_records, read_records_hashed, table_records
+from .readers import FILE_FORMATS, read_records
+from .sources import Part, looks_like_hub_id, read_source
+from .trl import pair_texts
 
 __all__ = [
     "PairTable",
@@ -108,66 +107,9 @@ __all__ = [
 
 PAIR_FORMATS = FILE_FORMATS
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def looks_like_hub_id(name: str) -> bool:
-    """True for ``owner/name`` that is not an existing local path nor a file name with a data suffix."""
-    if Path(name).exists():
-        return False
-    if Path(name).suffix.lower() in (*PAIR_FORMATS, ".tsv"):
-        return False
-    return bool(_HUB_ID.match(name))
-
 
 # --------------------------------------------------------------------------------------------
 # values
-
-
-def short_repr(value: Any, n: int = 80) -> str:
-    """``repr(value)`` capped at ``n`` characters (safe for huge integers and deep nesting)."""
-    try:
-        r = repr(value)
-    except (ValueError, RecursionError):  # an int beyond sys.get_int_max_str_digits(), a too deep value
-        r = f"<{type(value).__name__}>"
-    return r if len(r) <= n else r[: n - 3] + "..."
-
-
-def require_text(value: Any, *, file: str, row: int, field: str, allow_numbers: bool = False) -> str:
-    """``value`` as a non-empty string, else :class:`InputError` (numbers allowed for ids/groups)."""
-    if allow_numbers and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if value is None:
-        raise InputError("missing value", file=file, row=row, field=field)
-    if not isinstance(value, str):
-        raise InputError(f"expected text, got {type(value).__name__} {short_repr(value)}", file=file, row=row, field=field)
-    if not value.strip():
-        raise InputError("empty or whitespace-only text", file=file, row=row, field=field)
-    return value
-
-
-def parse_score(value: Any, *, file: str, row: int, field: str = "score") -> float:
-    """A finite float from a number or numeric text, else :class:`InputError`."""
-    if isinstance(value, bool) or value is None:
-        raise InputError(f"score must be a number, got {short_repr(value)}", file=file, row=row, field=field)
-    if isinstance(value, (int, float)):
-        try:
-            out = float(value)
-        except OverflowError:  # an integer beyond the float range
-            raise InputError(f"score must be finite, got an integer of {len(str(value))} digits", file=file, row=row,
-                             field=field) from None
-    elif isinstance(value, str):
-        try:
-            out = float(value.strip())
-        except (ValueError, OverflowError):
-            raise InputError(f"score must be a number, got {short_repr(value)}", file=file, row=row, field=field) from None
-    else:
-        raise InputError(
-            f"score must be a number, got {type(value).__name__} {short_repr(value)}", file=file, row=row, field=field
-        )
-    if not math.isfinite(out):
-        raise InputError(f"score must be finite, got {short_repr(value)}", file=file, row=row, field=field)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,217 +264,6 @@ def select_groups(
 
 
 # --------------------------------------------------------------------------------------------
-# sources: a file, a folder of shards, a save_to_disk folder, a Hub id
-
-
-@dataclass
-class Part:
-    """The records of one source file (or one ``datasets`` table): rows are 1-based within it."""
-
-    file: str
-    columns: list[str]
-    records: list[tuple[int, dict[str, Any]]]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
-
-
-def _from_disk(path: Path, split: str) -> tuple[list[Part], dict[str, Any]]:
-    file = str(path)
-    try:
-        ds = datasets.load_from_disk(file)
-    except Exception as e:  # datasets raises several types for a damaged folder
-        raise InputError(f"cannot load the save_to_disk folder: {_first_line(e)}", file=file) from None
-    prov: dict[str, Any] = {"file": str(path.resolve()), "format": "save_to_disk"}
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise InputError(f"no split {split!r} (splits: {', '.join(ds)}); choose one with --data-split",
-                             file=file, field="data_split")
-        ds, prov["split"] = ds[split], split
-    prov["files"] = {c["filename"]: file_sha256(c["filename"]) for c in ds.cache_files}
-    columns, records = table_records(ds.with_format("arrow")[:], file=file)
-    if not records:
-        raise InputError("no data rows (the data set is empty)", file=file)
-    return [Part(file, columns, records)], prov
-
-
-_SKIPPED_IN_FOLDERS = {".md", ".txt", ".yaml", ".yml", ".lock", ".gitattributes"}
-
-
-def _from_folder(path: Path, split: str) -> tuple[list[Part], dict[str, Any]]:
-    """A folder of shards, split by file name exactly as ``datasets`` (and the Hub) split a repository."""
-    from datasets.data_files import DataFilesDict, get_data_patterns
-
-    file = str(path)
-    try:
-        patterns = get_data_patterns(file)
-        found = DataFilesDict.from_patterns(patterns, base_path=file)
-    except FileNotFoundError:
-        raise InputError("the folder holds no data files (.jsonl, .json, .csv, .parquet)", file=file) from None
-    except Exception as e:
-        raise InputError(f"cannot list the folder's data files: {_first_line(e)}", file=file) from None
-    if split not in found:
-        raise InputError(f"no split {split!r} among the folder's files (splits: {', '.join(map(str, found))}); "
-                         "choose one with --data-split", file=file, field="data_split")
-    shards = [Path(f) for f in found[split] if Path(f).suffix.lower() not in _SKIPPED_IN_FOLDERS]
-    bad = [str(f) for f in shards if f.suffix.lower() not in FILE_FORMATS]
-    if bad:
-        raise InputError(f"unsupported shard type {Path(bad[0]).suffix!r}; shards must be .jsonl, .json, .csv or "
-                         ".parquet", file=bad[0])
-    if not shards:
-        raise InputError("the folder holds no data files (.jsonl, .json, .csv, .parquet)", file=file)
-    parts, shas = [], {}
-    for f in shards:
-        columns, records, sha = read_records_hashed(f)
-        parts.append(Part(str(f), columns, records))
-        shas[str(f.resolve())] = sha
-    return parts, {"file": str(path.resolve()), "format": "shards", "split": split, "files": shas}
-
-
-def _from_hub(hub_id: str, split: str) -> tuple[list[Part], dict[str, Any]]:
-    """``datasets.load_dataset(hub_id, split=split)``: the Hub code path (tested on local folders of the same schema)."""
-    label = f"{hub_id} (split {split})"
-    try:
-        ds = datasets.load_dataset(hub_id, split=split)
-    except Exception as e:  # offline, unknown repo, unknown split, bad files: datasets raises many types
-        raise InputError(f"cannot load the Hub data set with datasets.load_dataset: {_first_line(e)}",
-                         file=label) from None
-    if isinstance(ds, (datasets.IterableDataset, datasets.IterableDatasetDict)):  # pragma: no cover - not asked for
-        raise InputError("a streaming data set cannot be loaded; download it", file=label)
-    columns, records = table_records(ds.with_format("arrow")[:], file=label)
-    if not records:
-        raise InputError("no data rows (the split is empty)", file=label)
-    return [Part(label, columns, records)], {"hub_id": hub_id, "split": split,
-                                             "fingerprint": getattr(ds, "_fingerprint", None)}
-
-
-def read_source(cfg: DataConfig) -> tuple[list[Part], dict[str, Any]]:
-    """The parts of ``cfg.data_path`` and its provenance: a file, a folder (shards or ``save_to_disk``) or a Hub id."""
-    path = _require_path(cfg)
-    name = str(cfg.data_path)
-    if path.is_dir():
-        return _from_disk(path, cfg.data_split) if _is_saved_dataset(path) else _from_folder(path, cfg.data_split)
-    if not (path.exists() or path.is_symlink()) and looks_like_hub_id(name):
-        return _from_hub(name, cfg.data_split)
-    columns, records, sha = read_records_hashed(path)
-    return [Part(name, columns, records)], {"file": str(path.resolve()), "sha256": sha}
-
-
-# --------------------------------------------------------------------------------------------
-# TRL's preference formats
-
-
-def _shared_prefix(a: Sequence[Any], b: Sequence[Any], *, text: bool) -> int:
-    """Length of the shared prefix of ``chosen`` and ``rejected``, as TRL's ``extract_prompt`` cuts it
-    (for text, a space just before the first difference goes with the completions)."""
-    k = 0
-    n = min(len(a), len(b))
-    while k < n and a[k] == b[k]:
-        k += 1
-    if text and 0 < k < n and a[k - 1] == " ":
-        k -= 1
-    return k
-
-
-def _messages(value: Any, *, file: str, row: int, field: str) -> list[dict[str, str]]:
-    """A conversational value: a non-empty list of ``{"role": str, "content": str}``."""
-    if not isinstance(value, list) or not value:
-        raise InputError(f"expected a list of messages, got {type(value).__name__}", file=file, row=row, field=field)
-    for k, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
-            raise InputError(f"message {k + 1}: expected {{'role': ..., 'content': ...}}, got {type(m).__name__}",
-                             file=file, row=row, field=field)
-        if not isinstance(m["content"], str):
-            raise InputError(f"message {k + 1}: content must be text, got {type(m['content']).__name__}",
-                             file=file, row=row, field=field)
-    return value
-
-
-def _last_user_turn(msgs: list[dict[str, str]], *, file: str, row: int, field: str) -> tuple[str, bool]:
-    """(the content of the last user turn, whether other turns of the prompt were dropped)."""
-    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-    if not users:
-        raise InputError(f"the prompt has no user turn (roles {[m['role'] for m in msgs]})", file=file, row=row,
-                         field=field)
-    text = require_text(msgs[users[-1]]["content"], file=file, row=row, field=field)
-    return text, len(msgs) > 1
-
-
-def _reply(msgs: list[dict[str, str]], *, file: str, row: int, field: str) -> str:
-    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
-        raise InputError(f"expected one assistant message after the prompt, got roles {[m['role'] for m in msgs]}",
-                         file=file, row=row, field=field)
-    return require_text(msgs[0]["content"], file=file, row=row, field=field)
-
-
-def _no_prompt(present: Sequence[str], *, file: str, row: int) -> InputError:
-    return InputError(
-        f"missing column 'prompt' (columns present: {', '.join(map(repr, present)) or 'none'}), and chosen and "
-        "rejected share no prefix to take as the prompt (TRL's implicit prompt); map a prompt column with "
-        "--columns prompt=COL",
-        file=file, row=row, field="prompt",
-    )
-
-
-def pair_texts(rec: Mapping[str, Any], cols: Mapping[str, str | None], *, file: str, row: int,
-               counts: Counter[str], present: Sequence[str] = ()) -> tuple[str, str, str]:
-    """``(prompt, chosen, rejected)`` texts of one row in any of TRL's preference formats.
-
-    Explicit prompt (a ``prompt`` column) or implicit (none: the prompt is the shared prefix of
-    ``chosen`` and ``rejected``); standard (texts) or conversational (message lists). A
-    conversation becomes the last user turn of the prompt and the assistant reply; other turns
-    (a system message, earlier turns) are dropped and counted (``context_dropped``).
-    """
-    fc, fr, fp = cols["chosen"], cols["rejected"], cols["prompt"]
-    c, r = rec.get(fc), rec.get(fr)
-    p = rec.get(fp) if fp is not None else None
-    if not (isinstance(c, list) or isinstance(r, list)):  # standard: every value must be text
-        if fp is not None:
-            return (require_text(p, file=file, row=row, field=fp), require_text(c, file=file, row=row, field=fc),
-                    require_text(r, file=file, row=row, field=fr))
-        c, r = require_text(c, file=file, row=row, field=fc), require_text(r, file=file, row=row, field=fr)
-        counts["implicit_prompt_rows"] += 1
-        if c == r:
-            return IDENTICAL
-        k = _shared_prefix(c, r, text=True)
-        if not c[:k].strip():
-            raise _no_prompt(present, file=file, row=row)
-        return (c[:k], require_text(c[k:], file=file, row=row, field=fc),
-                require_text(r[k:], file=file, row=row, field=fr))
-    counts["conversational_rows"] += 1
-    cm, rm = _messages(c, file=file, row=row, field=fc), _messages(r, file=file, row=row, field=fr)
-    if cm == rm:
-        return IDENTICAL
-    if fp is None:
-        k = _shared_prefix(cm, rm, text=False)
-        if k == 0:
-            raise _no_prompt(present, file=file, row=row)
-        counts["implicit_prompt_rows"] += 1
-        prompt, dropped = _last_user_turn(cm[:k], file=file, row=row, field=fc)
-    else:
-        if isinstance(p, list):
-            prompt, dropped = _last_user_turn(_messages(p, file=file, row=row, field=fp), file=file, row=row, field=fp)
-        else:
-            prompt, dropped = require_text(p, file=file, row=row, field=fp), False
-        # a prompt column beside whole conversations (HuggingFaceH4/ultrafeedback_binarized): the replies
-        # are what follows the conversations' shared prefix
-        k = _shared_prefix(cm, rm, text=False) if len(cm) > 1 or len(rm) > 1 else 0
-    cm, rm = cm[k:], rm[k:]
-    counts["context_dropped"] += int(dropped)
-    return prompt, _reply(cm, file=file, row=row, field=fc), _reply(rm, file=file, row=row, field=fr)
-
-
-IDENTICAL = ("", "", "")
-"""What :func:`pair_texts` gives for a row whose chosen and rejected are identical (dropped and counted)."""
-
-
-# --------------------------------------------------------------------------------------------
 # groups: targets, population, the others
 
 
@@ -601,12 +332,6 @@ def _generated_id(row: int, given: set[str], prefix: str = "pairs") -> str:
     while out in given:
         out += "-generated"
     return out
-
-
-def _require_path(cfg: DataConfig) -> Path:
-    if not cfg.data_path:
-        raise ConfigError(f"--data-path is required for --dataset {cfg.dataset}")
-    return Path(cfg.data_path)
 
 
 _GROUP_HINT = "; a file that is all one group: --group-value NAME; a group column of another name: --group-column COL"
@@ -843,7 +568,3 @@ def load_ratings(cfg: DataConfig) -> PreferenceData:
     )
 
 
-def iter_dataset_rows(ds: Iterable[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based row, record) over a Hub ``datasets.Dataset`` (or any iterable of dicts)."""
-    for i, rec in enumerate(ds):
-        yield i + 1, rec
