@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
 from .config import PACKAGED_MODEL, RunConfig
@@ -196,6 +195,39 @@ def _text_describer(data: PreferenceData, parts: list[tuple[PairRows, np.ndarray
     return describe
 
 
+def _experiment_parts(data: PreferenceData, groups: list[str], pairs: Any, glob_pairs: PairRows | None,
+                      global_source: str) -> list[tuple[PairRows, Any]]:
+    """The pairs an experiment holds, as ``(pairs and rows, their Arrow table)`` parts.
+
+    The target groups' train and test pairs; the test pairs of every other group in the data (the
+    pooled test set is everyone's: ``--groups`` chooses what is trained, never what is measured);
+    and, when population groups of the user's file trained the global model, their test pairs too
+    (population pairs never train a group model, and their train keys trained the global one).
+    """
+    table = pair_table(pairs)
+    g_all, s_all = column_strings(table.column("group")), column_strings(table.column("split"))
+    target = np.isin(g_all, groups)
+    parts = [(PairRows(pairs, np.flatnonzero((target & (s_all != "global")) | (~target & (s_all == "test")))), table)]
+    if global_source == "pooled" and glob_pairs is not None and data.stats.get("population_groups"):
+        gtab = pair_table(glob_pairs.pairs)
+        gg, gs = column_strings(gtab.column("group")), column_strings(gtab.column("split"))
+        rows = np.flatnonzero((gs == "test") & ~np.isin(gg, np.unique(g_all)))  # groups also in pairs are there already
+        if len(rows):
+            parts.append((PairRows(glob_pairs.pairs, rows), gtab))
+    return parts
+
+
+def _global_training_data(glob_pairs: PairRows | None) -> dict[str, Any]:
+    """What trained the offline global model: its groups (with pair counts) and split keys."""
+    if glob_pairs is None or not len(glob_pairs.rows):
+        return {}
+    tab = pair_table(glob_pairs.pairs)
+    g = column_strings(tab.column("group"), glob_pairs.rows)
+    names, counts = np.unique(g, return_counts=True)
+    return {"trained_on_groups": {str(n): int(c) for n, c in zip(names, counts)},
+            "trained_on_split_keys": int(len(set(column_strings(tab.column("split_key"), glob_pairs.rows).tolist())))}
+
+
 def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None, *,
             data: PreferenceData | None = None, features_file: str | Path | None = None) -> Experiment:
     """Steps 1-4: load and split the data, get the global model, score every text, compute margins.
@@ -216,21 +248,21 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     _warn_groups_without_pairs(data)
     groups = resolve_groups(data)
     pairs, glob_pairs, global_source = split_data(cfg, data)
-    table = pair_table(pairs)
-    keep_rows = np.flatnonzero(np.isin(column_strings(table.column("group")), groups)
-                               & pc.not_equal(table.column("split"), "global").to_numpy())
-    group, split = column_strings(table.column("group"), keep_rows), column_strings(table.column("split"), keep_rows)
+    parts = _experiment_parts(data, groups, pairs, glob_pairs, global_source)
+    group = np.concatenate([column_strings(tab.column("group"), pr.rows) for pr, tab in parts])
+    split = np.concatenate([column_strings(tab.column("split"), pr.rows) for pr, tab in parts])
     _warn_groups_after_split(groups, group, split)
     timing["load and split"] = time.perf_counter() - t
 
-    # texts: every distinct (prompt, response) of the group pairs and the global pairs
+    # texts: every distinct (prompt, response) of the experiment's pairs and the global model's
     t = time.perf_counter()
-    sources = [(PairRows(pairs, keep_rows), table)]  # (pairs and rows, their Arrow table)
+    sources = list(parts)  # (pairs and rows, their Arrow table)
     if glob_pairs is not None:
-        sources.append((glob_pairs, table if glob_pairs.pairs is pairs else pair_table(glob_pairs.pairs)))
+        sources.append((glob_pairs, parts[0][1] if glob_pairs.pairs is pairs else pair_table(glob_pairs.pairs)))
     text_index, text_rows = distinct_texts([(tab, pr.rows) for pr, tab in sources])
-    chosen_row, rejected_row = text_rows[0]
-    g_chosen, g_rejected = text_rows[1] if glob_pairs is not None else (None, None)
+    chosen_row = np.concatenate([c for c, _ in text_rows[: len(parts)]])
+    rejected_row = np.concatenate([r for _, r in text_rows[: len(parts)]])
+    g_chosen, g_rejected = text_rows[-1] if glob_pairs is not None else (None, None)
     timing["distinct texts"] = time.perf_counter() - t
 
     # 2. the global model
@@ -262,8 +294,9 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
             trained_on_pairs=len(gd),
             trained_on="held-apart split keys of every group (never a group's train or test keys)"
             if global_source == "holdout"
-            else "population pairs (mean distribution over countries) of train split keys only",
+            else "population pairs of train split keys only (never a target group's test keys)",
             train_accuracy=accuracy((gd @ torch.from_numpy(w)).numpy()),
+            **_global_training_data(glob_pairs),
         )
         del gd
     else:
@@ -273,13 +306,18 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     delta = pair_margins(feats, chosen_row, rejected_row, w.numpy())
     timing["global head and margins"] = time.perf_counter() - t
 
-    def optional(name: str, dtype: type) -> np.ndarray | None:
-        return np.asarray(table.column(name).to_numpy()[keep_rows], dtype=dtype) if name in table.column_names else None
+    def optional(name: str, dtype: type, missing: Any) -> np.ndarray | None:
+        if all(name not in tab.column_names for _, tab in parts):
+            return None
+        return np.concatenate([np.asarray(tab.column(name).to_numpy()[pr.rows], dtype=dtype) if name in tab.column_names
+                               else np.full(len(pr.rows), missing, dtype=dtype) for pr, tab in parts])
 
     return Experiment(
         cfg=cfg, data=data, groups=groups, group=group, split=split,
-        split_key=column_strings(table.column("split_key"), keep_rows), chosen_row=chosen_row, rejected_row=rejected_row,
-        contested=optional("contested", bool), oracle_margin=optional("oracle_margin", float), text_index=text_index,
+        split_key=np.concatenate([column_strings(tab.column("split_key"), pr.rows) for pr, tab in parts]),
+        chosen_row=chosen_row, rejected_row=rejected_row,
+        contested=optional("contested", bool, False), oracle_margin=optional("oracle_margin", float, np.nan),
+        text_index=text_index,
         features=feats, rm=rm, global_info=global_info, delta=delta, score_stats=stats, timing_s=timing,
     )
 
@@ -360,7 +398,7 @@ def inspect_data(cfg: RunConfig, score: bool = False, progress: bool = True) -> 
     """Per-group counts of the data ``cfg`` names (and, with ``score``, the selection)."""
     data = load_data(cfg.data)
     groups = resolve_groups(data)
-    pairs, _, _ = split_data(cfg, data)
+    pairs, glob_pairs, global_source = split_data(cfg, data)
     table = pair_table(pairs)
     g_arr, s_arr, k_arr = (column_strings(table.column(c)) for c in ("group", "split", "split_key"))
     per_group_stats = data.stats.get("per_group", {})
@@ -373,8 +411,15 @@ def inspect_data(cfg: RunConfig, score: bool = False, progress: bool = True) -> 
             f"{data.split_unit}s": int(len(set(k_arr[m]))),
             "pairs_train": int((m & (s_arr == "train")).sum()),
             "pairs_test": int((m & (s_arr == "test")).sum()),
+            "pairs_held_apart": int((m & (s_arr == "global")).sum()),
             **{k: v for k, v in per_group_stats.get(g, {}).items() if k != "pairs"},
         }
+    out["global_model"] = {"source": global_source, **(
+        {"trained_on_pairs": int(len(glob_pairs.rows)), **_global_training_data(glob_pairs)} if glob_pairs is not None
+        else {"trained_on": "pretrained reward model (its own training data)"})}
+    others = sorted(set(g_arr[s_arr == "test"].tolist()) - set(groups))
+    if others:
+        out["pooled_test_also_holds"] = {g: int(((g_arr == g) & (s_arr == "test")).sum()) for g in others}
     if score:
         sel = selection_summary(prepare(cfg, progress=progress))
         for g, s in sel.items():

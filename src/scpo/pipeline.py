@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import RunConfig
 from .errors import InputError
 from .evaluate import Evaluator, SplitMargins, evaluate_splits
@@ -26,7 +28,7 @@ from .rundir import RunLock, work_summary
 from .studies.curves import curve_tables, fit_curves
 from .studies.sweep import run_sweep
 
-__all__ = ["evaluate_margins", "run", "summarize"]
+__all__ = ["evaluate_margins", "pooled_scope", "run", "summarize"]
 
 
 def evaluate_margins(exp: Experiment, splits: list[SplitMargins], seeds: list[int]) -> tuple[dict[str, Any], Evaluator]:
@@ -43,6 +45,15 @@ def evaluate_margins(exp: Experiment, splits: list[SplitMargins], seeds: list[in
     ev["split_unit_ci"] = (f"95% percentile bootstrap over test {exp.data.split_unit}s; covers {covers}"
                            + (f"; does not cover {missing}" if missing else ""))
     return ev, evaluator
+
+
+def pooled_scope(exp: Experiment) -> dict[str, Any]:
+    """What the pooled test set holds: its groups (targets, other groups, the population) and pairs."""
+    test = exp.split == "test"
+    names, counts = np.unique(exp.group[test], return_counts=True)
+    return {"groups": [str(n) for n in names], "test_pairs": int(test.sum()),
+            "pairs_per_group": {str(n): int(c) for n, c in zip(names, counts)},
+            "non_target_groups": [str(n) for n in names if n not in exp.groups]}
 
 
 def summarize(exp: Experiment, ev: dict[str, Any], methods: list[str]) -> dict[str, Any]:
@@ -141,6 +152,7 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
                 "name": exp.data.name, "split_unit": exp.data.split_unit, "groups": exp.groups,
                 "group_matches": exp.data.group_matches, "stats": exp.data.stats, "provenance": exp.data.provenance,
                 "split_seed": split_seeds[0], "split_seeds": split_seeds,
+                "pooled": pooled_scope(exp),
             },
             "global_model": exp.global_info,
             "scoring": exp.score_stats,

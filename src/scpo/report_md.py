@@ -86,7 +86,7 @@ def _claims(results: dict[str, Any]) -> list[str]:
         bias = []
         for m in ("scpo", "filter-only", "weight-only"):
             if m in methods and m != "full":
-                for subset in ("pooled", "agreeing"):
+                for subset in (("pooled", "agreeing") if _pooled_is_a_finding(results) else ("agreeing",)):
                     d = diff_line(m, "full", focus, subset)
                     if d:
                         bias.append(f"{m} − full on {subset}: {d}")
@@ -94,7 +94,16 @@ def _claims(results: dict[str, Any]) -> list[str]:
                      f"everyone agrees on). Accuracy on the pairs the global model ranks right (`agreeing`) and on every "
                      f"group's test pairs (`pooled`), {focus}: " + "; ".join(bias) + ". A drop there is the bias the "
                      "paper means; compare filter-only (no weighting) with scpo.")
+        if not _pooled_is_a_finding(results):
+            lines.append("- `pooled` is here the one target group's own test set (no other group and no population "
+                         "in the data): it says nothing about bias towards everyone else, and is not read as such.")
     return out + lines + [""]
+
+
+def _pooled_is_a_finding(results: dict[str, Any]) -> bool:
+    """Whether ``pooled`` holds pairs of more than the one target group (else it is that group's own test set)."""
+    pooled = (results.get("data") or {}).get("pooled") or {}
+    return len(pooled.get("groups") or [None, None]) > 1
 
 
 def _ratio_text(e: dict[str, Any]) -> str:

@@ -93,6 +93,14 @@ def print_summary(results: dict, out_dir: str) -> None:
     summ = results["summary"]
     print(f"\nscpo: {results['data']['name']} ({'synthetic' if results['synthetic_data'] else 'real'} data), "
           f"mode {results['mode']}, seeds {results['seeds']}, {results['wall_time_s']:.0f} s")
+    gm = results.get("global_model") or {}
+    if gm.get("trained_on_groups"):
+        print(f"  global model: trained on {gm.get('trained_on_pairs')} pairs of {gm.get('trained_on_split_keys')} "
+              f"{results['data'].get('split_unit', 'split key')}s ({gm.get('source')}: "
+              + ", ".join(f"{g} {n}" for g, n in gm["trained_on_groups"].items()) + ")")
+    pooled = (results["data"].get("pooled") or {})
+    if pooled.get("non_target_groups"):
+        print(f"  pooled test: {pooled.get('test_pairs')} pairs, also of " + ", ".join(pooled["non_target_groups"]))
     for name, rows in summ.items():
         print(f"  {name}: mean test accuracy (%)")
         for m, r in rows.items():

@@ -89,7 +89,9 @@ def split_data(cfg: RunConfig, data: PreferenceData) -> tuple[Any, PairRows | No
         else:
             global_source = "pooled" if data.global_pairs is not None else "holdout"
     if global_source == "pooled" and data.global_pairs is None:
-        raise InputError(f"--global-source pooled: data set {data.name!r} has no population pairs", field="global_source")
+        raise InputError(f"--global-source pooled: data set {data.name!r} has no population pairs; for your own pairs or "
+                         "ratings name the groups that are the population with --population-groups NAME[,NAME] "
+                         "(YAML data.population_groups), or use --global-source holdout", field="global_source")
     if cfg.model.global_model == PACKAGED_MODEL and global_source == "none":
         raise InputError("the packaged global model needs training data: --global-source holdout or pooled", field="global_source")
     test_fraction = cfg.data.test_fraction if cfg.data.test_fraction is not None else data.default_test_fraction
