@@ -146,8 +146,8 @@ def resolve_artifact(path: str | Path) -> Path:
         return p / "models"
     if not p.exists():
         raise ScpoError(f"{path}: no such directory")
-    raise ScpoError(f"{path}: not a steerable reward model (no manifest.json here nor in models/); "
-                    "give a finished run directory, its models/ directory or an exported artifact")
+    raise ScpoError(f"{path}: not a steerable reward model (no manifest.json here nor in models/, no {EXPORT_SPEC}); "
+                    "give a finished run directory, its models/ directory, an exported artifact or a `scpo export --group` checkpoint")
 
 
 def _read_json(path: Path) -> Any:
@@ -302,12 +302,14 @@ class _Backend:
     """Raw (uncalibrated) rewards of the artifact's models; one subclass per mode."""
 
     mode = ""
+    tokenizer_subdir = "global"
+    """Where the tokenizer lies inside the artifact ("" for a single exported checkpoint)."""
 
     def __init__(self, models_dir: Path, manifest: dict[str, Any], device: torch.device, batch_size: int):
         from transformers import AutoTokenizer
 
         self.dir, self.manifest, self.device, self.batch_size = models_dir, manifest, device, batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(str(models_dir / "global"))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(models_dir / self.tokenizer_subdir))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
@@ -554,6 +556,59 @@ class _FullBackend(_MultiBackend):
         return self._forward(self.module_for(model_id), ids, tt, rows, want_features=False)[1]
 
 
+EXPORT_SPEC = "scpo_export.json"
+"""What :func:`export_checkpoint` writes beside a single checkpoint: group, strength, calibration, formatter."""
+
+
+class _ExportBackend(_Backend):
+    """A single checkpoint written by :func:`export_checkpoint`: one network, the steered reward baked in.
+
+    Every model id scores with that one network (the calibration is in its score layer).
+    """
+
+    mode = "export"
+    tokenizer_subdir = ""
+
+    def __init__(self, models_dir: Path, manifest: dict[str, Any], device: torch.device, batch_size: int):
+        super().__init__(models_dir, manifest, device, batch_size)
+        self.model = _load_checkpoint(models_dir, device)
+        if not self.score_layer_name:
+            self.score_layer_name = find_score_layer(self.model)[0]
+
+    def model_ids(self) -> list[str]:
+        return [GLOBAL]
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model]
+
+    def module_for(self, model_id: str) -> nn.Module:
+        return self.model
+
+    def raw(self, prompts: list[str], responses: list[str], need: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(prompts)
+        out = {m: np.full(n, np.nan) for m in need}
+        union = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in need.values()])) if need else np.zeros(0, np.int64)
+        if len(union) == 0:
+            return out
+        ids, tt = self.encode([prompts[i] for i in union], [responses[i] for i in union])
+        _, y = self._forward(self.model, ids, tt, np.arange(len(union)), want_features=False)
+        full = np.full(n, np.nan)
+        full[union] = y
+        for m, rows in need.items():
+            rows = np.asarray(rows, dtype=np.int64)
+            out[m][rows] = full[rows]
+        return out
+
+
+def _export_manifest(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a single exported checkpoint, from its ``scpo_export.json``."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("formatter"), dict):
+        raise ScpoError(f"{path / EXPORT_SPEC}: not an scpo export (no formatter)")
+    group = spec.get("group")
+    return {"mode": "export", "groups": [group] if isinstance(group, str) else [], "formatter": spec["formatter"],
+            "group_method": spec.get("method") or DEFAULT_METHOD, "export": spec}
+
+
 # ---------------------------------------------------------------------------------------------
 # the public model
 
@@ -619,6 +674,8 @@ class SteerableRewardModel:
         calibration stored in the manifest is used when it matches ``reference.jsonl``; else (or
         with ``recalibrate``) it is computed on the reference texts (``scale=False``: centring only).
         """
+        if not (Path(path) / "manifest.json").is_file() and (Path(path) / EXPORT_SPEC).is_file():
+            return cls._from_export(Path(path), device=device, batch_size=batch_size)
         models_dir = resolve_artifact(path)
         manifest = _read_json(models_dir / "manifest.json")
         mode = manifest.get("mode")
@@ -667,6 +724,29 @@ class SteerableRewardModel:
             srm.calibration_info["reference_sha256"] = ref_sha
             srm.calibration_info["models_fingerprint"] = models_fingerprint(models_dir)
         return srm
+
+    @classmethod
+    def _from_export(cls, path: Path, *, device: str | None, batch_size: int) -> SteerableRewardModel:
+        """A single checkpoint of :func:`export_checkpoint` as a one-group model (its calibration baked in).
+
+        ``group=None`` and the exported group (a group name only; mixtures and the global model
+        export no group) both give the exported reward, the API's at export time: the checkpoint's
+        output plus ``reward_offset``. Other strengths, groups and mixtures are refused: the other
+        models are not in the checkpoint.
+        """
+        if batch_size < 1:
+            raise ScpoError(f"batch_size must be >= 1, got {batch_size}")
+        spec = _read_json(path / EXPORT_SPEC)
+        manifest = _export_manifest(path, spec)
+        offset = spec.get("reward_offset") or 0.0
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
+            raise ScpoError(f"{path / EXPORT_SPEC}: reward_offset must be a finite number, got {offset!r}")
+        backend = _ExportBackend(path, manifest, _device(device), batch_size)
+        method = manifest["group_method"]
+        cal = Calibration(mean=-float(offset), std=1.0, scale=1.0)  # the checkpoint's output + offset
+        calibration = {GLOBAL: cal, **{f"{g}/{method}": cal for g in manifest["groups"]}}
+        info = spec.get("calibration_info") if isinstance(spec.get("calibration_info"), dict) else {}
+        return cls(path, manifest, backend, method, calibration, {**info, "baked_into_checkpoint": True})
 
     def calibrate(self, prompts: list[str], responses: list[str], *, scale: bool = True,
                   model_ids: Sequence[str] | None = None) -> dict[str, Calibration]:
@@ -760,6 +840,8 @@ class SteerableRewardModel:
             raise InputError(f"strength must be in [0, 1], got {strength!r}", field="strength")
         if group is None:
             return {GLOBAL: 1.0}
+        if self.mode == "export":  # one network: the exported reward, nothing to blend it with
+            return self._export_coefficients(group, a)
         if isinstance(group, str):
             mix = {self._check_group(group): 1.0}
         elif isinstance(group, Mapping):
@@ -787,6 +869,18 @@ class SteerableRewardModel:
             for g, w in mix.items():
                 coef[self.model_id(g)] = coef.get(self.model_id(g), 0.0) + a * w
         return coef
+
+    def _export_coefficients(self, group: GroupSpec, strength: float) -> dict[str, float]:
+        spec = self.manifest.get("export") or {}
+        what = f"a single exported checkpoint ({_describe(spec.get('group'), float(spec.get('strength', 1.0)))})"
+        names = list(group) if isinstance(group, Mapping) else [group]
+        for g in names:
+            self._check_group(g)
+        if isinstance(group, Mapping) and len(names) != 1:
+            raise InputError(f"{what} cannot blend groups", field="group")
+        if strength != 1.0:
+            raise InputError(f"{what} holds one reward; its strength is fixed (give 1, got {strength:g})", field="strength")
+        return {GLOBAL: 1.0}
 
     # -- scoring ---------------------------------------------------------------------------
     def score_requests(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
@@ -903,6 +997,8 @@ def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | P
     API's minus it.
     """
     srm = model if isinstance(model, SteerableRewardModel) else SteerableRewardModel.from_pretrained(model, device="cpu")
+    if srm.mode == "export":
+        raise ScpoError(f"{srm.path}: already a single exported checkpoint; export from the artifact it came from")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ScpoError(f"{out}: exists and is not empty")
