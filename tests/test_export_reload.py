@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_serve import PROMPT, RESPONSES, tiny_artifact
 
 from scpo.cli import main
 from scpo.errors import InputError, ScpoError
 from scpo.steer import SteerableRewardModel, export_checkpoint
+from test_serve import PROMPT, RESPONSES, tiny_artifact
 
 PROMPTS = [PROMPT, "What is a good gift for a host?", PROMPT]
 TEXTS = RESPONSES
