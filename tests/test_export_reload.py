@@ -54,6 +54,8 @@ def test_from_pretrained_loads_a_single_group_export(srm: SteerableRewardModel, 
         srm.compare(PROMPT, TEXTS[0], TEXTS[1], group="group-a", strength=0.5), abs=1e-5)
     with pytest.raises(InputError, match="strength is fixed"):
         one.score(PROMPTS, TEXTS, group="group-a", strength=0.3)
+    with pytest.raises(InputError, match="finite number > 0"):
+        one.score(PROMPTS, TEXTS, group={"group-a": -1})
     with pytest.raises(InputError, match="unknown group 'group-b'"):
         one.score(PROMPTS, TEXTS, group="group-b")
     with pytest.raises(ScpoError, match="already a single exported checkpoint"):

@@ -632,10 +632,11 @@ def create_app(model: SteerableRewardModel, limits: ServeLimits | None = None,
         log.exception("scoring failed")
         return err(500, f"internal error: {type(exc).__name__}")
 
-    def check_texts(texts: Sequence[str], what: str = "a text") -> None:
+    def check_texts(texts: Sequence[str], what: str = "a text", limit: int | None = None) -> None:
+        limit = limits.max_chars if limit is None else limit
         for t in texts:
-            if len(t) > limits.max_chars:
-                raise HTTPError(413, f"{what} has {len(t)} characters, over the limit of {limits.max_chars}")
+            if len(t) > limit:
+                raise HTTPError(413, f"{what} has {len(t)} characters, over the limit of {limit}")
         for t in texts:
             try:
                 t.encode("utf-8")
@@ -714,7 +715,7 @@ def create_app(model: SteerableRewardModel, limits: ServeLimits | None = None,
             raise HTTPError(422, f"{n} queries but {len(body.prompts)} prompts")
         if body.labels is not None and len(body.labels) != n:
             raise HTTPError(422, f"{n} queries but {len(body.labels)} labels")
-        check_texts(body.query, "a query")
+        check_texts(body.query, "a query", 2 * limits.max_chars)  # prompt + response
         if body.prompts is not None:
             check_texts(body.prompts, "a prompt")
         prompts, responses = [], []
@@ -724,6 +725,7 @@ def create_app(model: SteerableRewardModel, limits: ServeLimits | None = None,
                 raise HTTPError(422, f"query {i} does not contain its prompt (prompts[{i}]): cannot tell the response apart")
             prompts.append(pair[0])
             responses.append(pair[1])
+        check_texts(responses, "a response")
         given = "group" in body.model_fields_set
         group, echo, strength = steering(body.group if given else reward.group,
                                          reward.strength if body.strength is None else body.strength)

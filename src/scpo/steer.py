@@ -876,8 +876,14 @@ class SteerableRewardModel:
         names = list(group) if isinstance(group, Mapping) else [group]
         for g in names:
             self._check_group(g)
-        if isinstance(group, Mapping) and len(names) != 1:
-            raise InputError(f"{what} cannot blend groups", field="group")
+        if isinstance(group, Mapping):
+            if len(names) != 1:
+                raise InputError(f"{what} cannot blend groups", field="group")
+            w = next(iter(group.values()))
+            if isinstance(w, bool) or not isinstance(w, (int, float, np.floating, np.integer)) or not (
+                math.isfinite(float(w)) and float(w) > 0
+            ):
+                raise InputError(f"mixture weight of {names[0]!r} must be a finite number > 0, got {w!r}", field="group")
         if strength != 1.0:
             raise InputError(f"{what} holds one reward; its strength is fixed (give 1, got {strength:g})", field="strength")
         return {GLOBAL: 1.0}
