@@ -3,7 +3,8 @@
 Starts ``python -m scpo serve`` on 127.0.0.1 and a free port, sends ``POST /score`` requests from
 N client threads (keep-alive connections, stdlib ``http.client``), bounded by a request count and a
 time limit per level, and prints per level: requests, failed requests, requests per second, p50 and
-p99 latency, and model forward passes per request (from ``GET /health``; well below 1 at 32 clients
+p99 latency, the latency of ``GET /health`` probed every 50 ms meanwhile (p50, p99, max: it must stay
+under 100 ms while the batcher is saturated), and model forward passes per request (from ``GET /health``; well below 1 at 32 clients
 when the server's micro-batching works). Every request's texts are distinct (a unique suffix), so
 batching cannot be helped by repeated texts.
 
@@ -128,14 +129,38 @@ def load_level(port: int, clients: int, n_requests: int, max_seconds: float, tex
         finally:
             conn.close()
 
+    health_ms: list[float] = []
+    stop = threading.Event()
+
+    def prober() -> None:  # /health on its own keep-alive connection, every 50 ms
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            while not stop.wait(0.05):
+                t = time.perf_counter()
+                try:
+                    conn.request("GET", "/health")
+                    conn.getresponse().read()
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    continue
+                health_ms.append((time.perf_counter() - t) * 1000)
+        finally:
+            conn.close()
+
     before = get_json(port, "/health")
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    probe = threading.Thread(target=prober, daemon=True)
     t0 = time.perf_counter()
+    probe.start()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
+    stop.set()
+    probe.join()
+    hms = np.array(health_ms) if health_ms else np.array([np.nan])
     after = get_json(port, "/health")
     seq[0] += counter["next"]
     done = len(latencies) + len(failures)
@@ -149,6 +174,8 @@ def load_level(port: int, clients: int, n_requests: int, max_seconds: float, tex
         "p99_ms": float(np.percentile(lat, 99)), "forward_passes": passes,
         "passes_per_request": passes / served if served else float("nan"),
         "requests_per_batch": served / batches if batches else float("nan"), "failures": failures[:5],
+        "health_probes": len(health_ms), "health_p50_ms": float(np.percentile(hms, 50)),
+        "health_p99_ms": float(np.percentile(hms, 99)), "health_max_ms": float(np.max(hms)),
     }
 
 
@@ -205,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.group} at strength {args.strength}; texts from reference.jsonl (~{ntok:.0f} characters each, distinct); "
           f"server startup {startup:.1f} s; server on {health['device']} with {health['threads']} torch threads; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'clients':>7} {'requests':>8} {'failed':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'passes/req':>10} {'req/batch':>9}")
+    print(f"{'clients':>7} {'requests':>8} {'failed':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'passes/req':>10} "
+          f"{'req/batch':>9} {'health p50/p99/max ms':>22}")
     for r in results:
         print(f"{r['clients']:>7} {r['requests']:>8} {r['failed']:>6} {r['req_per_s']:>7.1f} {r['p50_ms']:>8.0f} "
-              f"{r['p99_ms']:>8.0f} {r['passes_per_request']:>10.3f} {r['requests_per_batch']:>9.1f}")
+              f"{r['p99_ms']:>8.0f} {r['passes_per_request']:>10.3f} {r['requests_per_batch']:>9.1f} "
+              f"{r['health_p50_ms']:>8.1f}/{r['health_p99_ms']:.1f}/{r['health_max_ms']:.1f}")
         for f in r["failures"]:
             print(f"        failure: {f}")
     failed = sum(r["failed"] for r in results)

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import torch
 
 from scpo.cli import main
 from scpo.export import export_artifact
-from scpo.serve import ServeLimits, _error_message
+from scpo.serve import ServeLimits
+from scpo.serve_api import error_message as _error_message
 from scpo.steer import SteerableRewardModel
 
 MAX_ITEMS, MAX_CHARS, MAX_BODY = 4, 300, 4096
@@ -72,16 +74,17 @@ def local(artifact: Path) -> SteerableRewardModel:
     return SteerableRewardModel.from_pretrained(artifact, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``scpo serve`` started as a subprocess on a free loopback port; yields its base URL."""
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+@contextmanager
+def running_server(artifact: Path, log_path: Path, *args: str) -> Iterator[str]:
+    """``scpo serve --model artifact *args`` as a subprocess on a free loopback port; yields its base URL.
+
+    On exit: the server never crashed and never logged a traceback (no 500).
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for _attempt in range(3):  # the free port may be taken between choosing and binding it
         port = free_port()
         cmd = [sys.executable, "-m", "scpo", "serve", "--model", str(artifact), "--host", "127.0.0.1", "--port", str(port),
-               "--device", "cpu", "--max-items", str(MAX_ITEMS), "--max-chars", str(MAX_CHARS),
-               "--max-body-bytes", str(MAX_BODY), "--batch-wait-ms", "20", "--threads", "1"]
+               "--device", "cpu", *args]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
@@ -108,6 +111,15 @@ def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     # the server never crashed and never answered 500
     assert proc.returncode in (0, -15), log_path.read_text(errors="replace")[-3000:]
     assert "Traceback" not in log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``scpo serve`` started as a subprocess on a free loopback port; yields its base URL."""
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    with running_server(artifact, log_path, "--max-items", str(MAX_ITEMS), "--max-chars", str(MAX_CHARS),
+                        "--max-body-bytes", str(MAX_BODY), "--batch-wait-ms", "20", "--threads", "1") as url:
+        yield url
 
 
 def post(url: str, path: str, body: Any = None, **kw: Any) -> httpx.Response:

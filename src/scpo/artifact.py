@@ -55,12 +55,14 @@ if TYPE_CHECKING:  # for annotations only: the writer's caller holds an experime
 
 __all__ = [
     "ARTIFACT_VERSION",
+    "EXPORT_SPEC",
     "GLOBAL",
     "MODE_FOLDERS",
     "Calibration",
     "calibration_entry",
     "calibration_valid",
     "compute_calibration",
+    "export_manifest",
     "group_dir",
     "models_fingerprint",
     "read_json",
@@ -73,6 +75,10 @@ __all__ = [
 
 MODE_FOLDERS = {"lora": "adapters", "full": "groups"}
 """Where each Trainer mode keeps its group models (head mode keeps them in ``heads.safetensors``)."""
+
+EXPORT_SPEC = "scpo_export.json"
+"""What :func:`scpo.export.export_checkpoint` writes beside a single checkpoint: group, strength,
+calibration, formatter. A folder holding it (and no manifest) is a one-group model."""
 
 
 ARTIFACT_VERSION = 1
@@ -124,8 +130,9 @@ def resolve_artifact(path: str | Path) -> Path:
         return p / "models"
     if not p.exists():
         raise ScpoError(f"{path}: no such directory")
-    raise ScpoError(f"{path}: not a steerable reward model (no manifest.json here nor in models/); "
-                    "give a finished run directory, its models/ directory or an exported artifact")
+    raise ScpoError(f"{path}: not a steerable reward model (no manifest.json here nor in models/, no {EXPORT_SPEC}); "
+                    "give a finished run directory, its models/ directory, an exported artifact or a "
+                    "`scpo export --group` checkpoint")
 
 
 def read_json(path: Path) -> Any:
@@ -201,6 +208,15 @@ def run_info(run_dir: Path) -> dict[str, Any]:
 
 
 _NOT_WEIGHTS = {"manifest.json", "README.md", "reference.jsonl"}
+
+
+def export_manifest(path: Path, spec: Any) -> dict[str, Any]:
+    """The manifest of a single exported checkpoint, from its ``scpo_export.json``."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("formatter"), dict):
+        raise ScpoError(f"{path / EXPORT_SPEC}: not an scpo export (no formatter)")
+    group = spec.get("group")
+    return {"mode": "export", "groups": [group] if isinstance(group, str) else [], "formatter": spec["formatter"],
+            "group_method": spec.get("method") or DEFAULT_METHOD, "export": spec}
 
 
 def models_fingerprint(models_dir: str | Path) -> str:

@@ -25,7 +25,7 @@ from .errors import ScpoError
 from .forward import Tokens, forward, plan, score_module, tokenize
 from .model import InputFormatter, find_score_layer
 
-__all__ = ["BACKENDS", "Backend", "FullBackend", "HeadBackend", "LoraBackend", "load_checkpoint"]
+__all__ = ["BACKENDS", "Backend", "ExportBackend", "FullBackend", "HeadBackend", "LoraBackend", "load_checkpoint"]
 
 
 def load_checkpoint(path: Path, device: torch.device) -> nn.Module:
@@ -39,12 +39,14 @@ class Backend:
     """Raw (uncalibrated) rewards of the artifact's models; one subclass per mode."""
 
     mode = ""
+    tokenizer_subdir = "global"
+    """Where the tokenizer lies inside the artifact ("" for a single exported checkpoint)."""
 
     def __init__(self, models_dir: Path, manifest: dict[str, Any], device: torch.device, batch_size: int):
         from transformers import AutoTokenizer
 
         self.dir, self.manifest, self.device, self.batch_size = models_dir, manifest, device, batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(str(models_dir / "global"))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(models_dir / self.tokenizer_subdir))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
@@ -252,6 +254,43 @@ class FullBackend(MultiBackend):
     def _run(self, model_id: str, tokens: Tokens, rows: np.ndarray) -> np.ndarray:
         return self._forward(self.module_for(model_id), tokens, rows, "rewards")
 
+
+
+class ExportBackend(Backend):
+    """A single checkpoint written by :func:`scpo.export.export_checkpoint`: one network, the steered
+    reward baked in. Every model id scores with that one network (the calibration is in its score layer)."""
+
+    mode = "export"
+    tokenizer_subdir = ""
+
+    def __init__(self, models_dir: Path, manifest: dict[str, Any], device: torch.device, batch_size: int):
+        super().__init__(models_dir, manifest, device, batch_size)
+        self.model = load_checkpoint(models_dir, device)
+        if not self.score_layer_name:
+            self.score_layer_name = find_score_layer(self.model)[0]
+
+    def model_ids(self) -> list[str]:
+        return [GLOBAL]
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model]
+
+    def module_for(self, model_id: str) -> nn.Module:
+        return self.model
+
+    def raw(self, prompts: list[str], responses: list[str], need: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(prompts)
+        out = {m: np.full(n, np.nan) for m in need}
+        union = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in need.values()])) if need else np.zeros(0, np.int64)
+        if len(union) == 0:
+            return out
+        tokens = self.encode([prompts[i] for i in union], [responses[i] for i in union])
+        full = np.full(n, np.nan)
+        full[union] = self._forward(self.model, tokens, np.arange(len(union)), "rewards")
+        for m, rows in need.items():
+            rows = np.asarray(rows, dtype=np.int64)
+            out[m][rows] = full[rows]
+        return out
 
 
 BACKENDS: dict[str, type[Backend]] = {"head": HeadBackend, "lora": LoraBackend, "full": FullBackend}

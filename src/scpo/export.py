@@ -29,7 +29,7 @@ from .forward import score_module
 from .model import find_score_layer
 from .names import path_component
 from .rundir import atomic_write_json, atomic_write_text
-from .steer import GroupSpec, SteerableRewardModel
+from .steer import GroupSpec, SteerableRewardModel, describe_steering
 
 __all__ = ["export_artifact", "export_checkpoint", "group_card"]
 
@@ -61,6 +61,8 @@ def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | P
     API's minus it.
     """
     srm = model if isinstance(model, SteerableRewardModel) else SteerableRewardModel.from_pretrained(model, device="cpu")
+    if srm.mode == "export":
+        raise ScpoError(f"{srm.path}: already a single exported checkpoint; export from the artifact it came from")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ScpoError(f"{out}: exists and is not empty")
@@ -119,19 +121,11 @@ def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | P
     return out
 
 
-def _describe(group: GroupSpec, strength: float) -> str:
-    if group is None:
-        return "the global model"
-    if isinstance(group, str):
-        return f"group `{group}` at strength α = {strength:g}"
-    return "mixture " + ", ".join(f"`{g}` × {w:g}" for g, w in group.items()) + f" at strength α = {strength:g}"
-
-
 def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, coef: dict[str, float], offset: float) -> str:
     man = srm.manifest
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [reward-model, scpo]", "---", "",
-        f"# SCPO reward model: {_describe(group, strength)}", "",
+        f"# SCPO reward model: {describe_steering(group, strength)}", "",
         "A plain `AutoModelForSequenceClassification` checkpoint with one output, the reward, exported by "
         "`scpo export` from a steerable SCPO artifact"
         + (" (LoRA adapter merged into the base)." if srm.mode == "lora" else "."), "",

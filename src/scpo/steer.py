@@ -31,10 +31,12 @@ from torch import nn
 
 from .artifact import (
     DEFAULT_METHOD,
+    EXPORT_SPEC,
     GLOBAL,
     Calibration,
     calibration_valid,
     compute_calibration,
+    export_manifest,
     models_fingerprint,
     read_json,
     read_reference,
@@ -42,7 +44,7 @@ from .artifact import (
     run_info,
     run_root,
 )
-from .backends import BACKENDS, Backend, HeadBackend
+from .backends import BACKENDS, Backend, ExportBackend, HeadBackend
 from .errors import InputError, ScpoError
 from .load.files import read_records
 from .model import InputFormatter
@@ -55,6 +57,7 @@ __all__ = [
     "ScoreRequest",
     "SteerableRewardModel",
     "bt_probability",
+    "describe_steering",
     "parse_group",
     "rerank_file",
     "score_file",
@@ -121,7 +124,10 @@ class SteerableRewardModel:
         default ``scpo``). ``device``: ``auto`` (CUDA when present) or a torch device. The
         calibration stored in the manifest is used when it matches ``reference.jsonl``; else (or
         with ``recalibrate``) it is computed on the reference texts (``scale=False``: centring only).
+        A single checkpoint of ``scpo export --group`` loads as a one-group model (:meth:`_from_export`).
         """
+        if not (Path(path) / "manifest.json").is_file() and (Path(path) / EXPORT_SPEC).is_file():
+            return cls._from_export(Path(path), device=device, batch_size=batch_size)
         models_dir = resolve_artifact(path)
         manifest = read_json(models_dir / "manifest.json")
         mode = manifest.get("mode")
@@ -169,6 +175,29 @@ class SteerableRewardModel:
             srm.calibration_info["reference_sha256"] = ref_sha
             srm.calibration_info["models_fingerprint"] = models_fingerprint(models_dir)
         return srm
+
+    @classmethod
+    def _from_export(cls, path: Path, *, device: str | None, batch_size: int) -> SteerableRewardModel:
+        """A single checkpoint of :func:`scpo.export.export_checkpoint` as a one-group model (its calibration baked in).
+
+        ``group=None`` and the exported group (a group name only; mixtures and the global model
+        export no group) both give the exported reward, the API's at export time: the checkpoint's
+        output plus ``reward_offset``. Other strengths, groups and mixtures are refused: the other
+        models are not in the checkpoint.
+        """
+        if batch_size < 1:
+            raise ScpoError(f"batch_size must be >= 1, got {batch_size}")
+        spec = read_json(path / EXPORT_SPEC)
+        manifest = export_manifest(path, spec)
+        offset = spec.get("reward_offset") or 0.0
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
+            raise ScpoError(f"{path / EXPORT_SPEC}: reward_offset must be a finite number, got {offset!r}")
+        backend = ExportBackend(path, manifest, resolve_device(device), batch_size)
+        method = manifest["group_method"]
+        cal = Calibration(mean=-float(offset), std=1.0, scale=1.0)  # the checkpoint's output + offset
+        calibration = {GLOBAL: cal, **{f"{g}/{method}": cal for g in manifest["groups"]}}
+        info = spec.get("calibration_info") if isinstance(spec.get("calibration_info"), dict) else {}
+        return cls(path, manifest, backend, method, calibration, {**info, "baked_into_checkpoint": True})
 
     def calibrate(self, prompts: list[str], responses: list[str], *, scale: bool = True,
                   model_ids: Sequence[str] | None = None) -> dict[str, Calibration]:
@@ -271,6 +300,8 @@ class SteerableRewardModel:
             raise InputError(f"strength must be in [0, 1], got {strength!r}", field="strength")
         if group is None:
             return {GLOBAL: 1.0}
+        if self.mode == "export":  # one network: the exported reward, nothing to blend it with
+            return self._export_coefficients(group, a)
         if isinstance(group, str):
             mix = {self._check_group(group): 1.0}
         elif isinstance(group, Mapping):
@@ -298,6 +329,24 @@ class SteerableRewardModel:
             for g, w in mix.items():
                 coef[self.model_id(g)] = coef.get(self.model_id(g), 0.0) + a * w
         return coef
+
+    def _export_coefficients(self, group: GroupSpec, strength: float) -> dict[str, float]:
+        spec = self.manifest.get("export") or {}
+        what = f"a single exported checkpoint ({describe_steering(spec.get('group'), float(spec.get('strength', 1.0)))})"
+        names = list(group) if isinstance(group, Mapping) else [group]
+        for g in names:
+            self._check_group(g)
+        if isinstance(group, Mapping):
+            if len(names) != 1:
+                raise InputError(f"{what} cannot blend groups", field="group")
+            w = next(iter(group.values()))
+            if isinstance(w, bool) or not isinstance(w, (int, float, np.floating, np.integer)) or not (
+                math.isfinite(float(w)) and float(w) > 0
+            ):
+                raise InputError(f"mixture weight of {names[0]!r} must be a finite number > 0, got {w!r}", field="group")
+        if strength != 1.0:
+            raise InputError(f"{what} holds one reward; its strength is fixed (give 1, got {strength:g})", field="strength")
+        return {GLOBAL: 1.0}
 
     # -- scoring ---------------------------------------------------------------------------
     def score_requests(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
@@ -376,6 +425,15 @@ class SteerableRewardModel:
         r = self.score(p_l + p_l, a_l + b_l, group=group, strength=strength)
         p = bt_probability(r[: len(a_l)] - r[len(a_l) :])
         return float(p[0]) if single else p
+
+
+def describe_steering(group: GroupSpec, strength: float) -> str:
+    """In words: the global model, a group at a strength, or a mixture."""
+    if group is None:
+        return "the global model"
+    if isinstance(group, str):
+        return f"group `{group}` at strength α = {strength:g}"
+    return "mixture " + ", ".join(f"`{g}` × {w:g}" for g, w in group.items()) + f" at strength α = {strength:g}"
 
 
 def parse_group(text: str | None, groups: Sequence[str]) -> GroupSpec:

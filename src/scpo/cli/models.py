@@ -16,7 +16,8 @@ from ..steer import SteerableRewardModel, parse_group, rerank_file, score_file
 from .common import Command, quiet_transformers
 
 
-def _parse_strength(text: str) -> float:
+def parse_strength(text: str) -> float:
+    """A strength flag: a number in [0, 1]."""
     try:
         v = float(text)
     except ValueError:
@@ -29,7 +30,7 @@ def _parse_strength(text: str) -> float:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="a run directory, its models/ or an exported artifact")
     p.add_argument("--group", metavar="G", help="a group, or a mixture G1=0.7,G2=0.3 (default: the global model)")
-    p.add_argument("--strength", type=_parse_strength, default=1.0, metavar="A",
+    p.add_argument("--strength", type=parse_strength, default=1.0, metavar="A",
                    help="0 = the global model ... 1 = the group's (default 1)")
     p.add_argument("--method", help="which trained model stands for a group (head mode; default scpo)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
@@ -61,7 +62,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", metavar="G",
                    help="export one plain transformers checkpoint for this group (or mixture G1=0.7,G2=0.3); "
                         "without it the whole steerable artifact is exported")
-    p.add_argument("--strength", type=_parse_strength, default=1.0, metavar="A", help="with --group: strength α (default 1)")
+    p.add_argument("--strength", type=parse_strength, default=1.0, metavar="A", help="with --group: strength α (default 1)")
     p.add_argument("--method", help="which trained model stands for a group (head mode; default scpo)")
     p.add_argument("--no-scale", action="store_true", help="calibration: centre only, do not rescale to the global spread")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
