@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .artifact import GLOBAL, MODE_FOLDERS, group_dir
 from .errors import ScpoError
@@ -29,8 +31,6 @@ __all__ = ["BACKENDS", "Backend", "ExportBackend", "FullBackend", "HeadBackend",
 
 
 def load_checkpoint(path: Path, device: torch.device) -> nn.Module:
-    from transformers import AutoModelForSequenceClassification
-
     model = AutoModelForSequenceClassification.from_pretrained(str(path))
     return model.to(device).eval()
 
@@ -43,8 +43,6 @@ class Backend:
     """Where the tokenizer lies inside the artifact ("" for a single exported checkpoint)."""
 
     def __init__(self, models_dir: Path, manifest: dict[str, Any], device: torch.device, batch_size: int):
-        from transformers import AutoTokenizer
-
         self.dir, self.manifest, self.device, self.batch_size = models_dir, manifest, device, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(str(models_dir / self.tokenizer_subdir))
         if self.tokenizer.pad_token is None:
@@ -105,8 +103,6 @@ class HeadBackend(Backend):
 
     def __init__(self, models_dir: Path, manifest: dict[str, Any], device: torch.device, batch_size: int):
         super().__init__(models_dir, manifest, device, batch_size)
-        from safetensors import safe_open
-
         self.model = load_checkpoint(models_dir / "global", device)
         if not self.score_layer_name:
             self.score_layer_name = find_score_layer(self.model)[0]

@@ -253,6 +253,15 @@ class TrainConfig:
         "(1 = no search: the first value of every grid)",
         default=3,
     )
+    head_solver: str = _help(
+        "head mode's optimiser: adam (mini-batch Adam over the learning-rate x steps x pulls grid) or newton "
+        "(every score layer solved to convergence, the pull chosen from --head-pulls on the validation folds)",
+        default="adam",
+    )
+    head_pulls: list[float] = _help(
+        "newton head solver: grid of the pull towards the global layer (standardised features; 0 = no pull)",
+        default_factory=lambda: [100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 0.0],
+    )
     global_learning_rate: float = _help("learning rate of the offline global model's head", default=3e-3)
     global_steps: int = _help("training steps of the offline global model's head", default=1500)
     def __post_init__(self) -> None:
@@ -270,6 +279,10 @@ class TrainConfig:
             raise ConfigError(f"--learning-rates must be finite and > 0, got {short(self.learning_rates)}")
         if any(s < 0 for s in self.steps):
             raise ConfigError(f"--steps must be >= 0, got {short(self.steps)}")
+        if self.head_solver not in ("adam", "newton"):
+            raise ConfigError(f"--head-solver must be adam or newton, got {self.head_solver!r}")
+        if not self.head_pulls or any(not 0 <= p < math.inf for p in self.head_pulls):
+            raise ConfigError(f"--head-pulls must be finite values >= 0, got {short(self.head_pulls)}")
         if any(not 0 <= p < math.inf for p in self.pulls):
             raise ConfigError(f"--pulls must be finite and >= 0, got {short(self.pulls)}")
         if any(s < 0 for s in self.seeds):

@@ -22,6 +22,7 @@ import torch
 from .config import PACKAGED_MODEL, RunConfig
 from .errors import DataWarning, InputError
 from .evaluate import SplitMargins, accuracy
+from .grid import GridSpec, choose, folds
 from .heads import HeadJob, train_heads
 from .load import (
     PairRows,
@@ -36,6 +37,7 @@ from .load import (
 from .model import RewardModel, load_reward_model
 from .score import FeatureCache, TextIndex, distinct_texts, encode_features
 from .selection import preference_probability, select_pairs
+from .solver import HeadProblem, feature_scale, solve_heads, validation_metrics
 
 log = logging.getLogger("scpo")
 
@@ -228,6 +230,30 @@ def _global_training_data(glob_pairs: PairRows | None) -> dict[str, Any]:
             "trained_on_split_keys": int(len(set(column_strings(tab.column("split_key"), glob_pairs.rows).tolist())))}
 
 
+def _solve_global_layer(gd: torch.Tensor, keys: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """The packaged global score layer solved to convergence (``--head-solver newton``): plain L2 towards
+    zero, its strength chosen from ``head_pulls`` on k folds of the training pairs' split keys."""
+    pulls = tuple(sorted(set(float(p) for p in cfg.train.head_pulls), reverse=True))
+    k = cfg.train.val_folds if cfg.train.val_folds > 1 else 3  # the global layer is always chosen on folds
+    rows = np.arange(len(gd))
+    scale = feature_scale(gd)
+    fold_list = folds(rows, keys, k, seed=cfg.data.split_seed)
+    problems = [HeadProblem(fit, np.ones(len(fit))) for fit, _ in fold_list]
+    sol = solve_heads(gd, problems, pulls, scale=scale)
+    acc, _ = validation_metrics(gd, [val for _, val in fold_list], sol.theta)  # [folds, pulls]
+    spec = GridSpec(tuple((float("nan"), p) for p in pulls), (0,), k)
+    c = choose(spec, acc[:, :, None])
+    final = solve_heads(gd, [HeadProblem(rows, np.ones(len(rows)))], [c.pull], scale=scale)[0, 0]
+    edge = ("largest" if c.pull == pulls[0] else "smallest" if c.pull == pulls[-1] else None) if len(pulls) > 1 else None
+    if edge:
+        warnings.warn(f"the global score layer's pull {c.pull:g} sits at the {edge} edge of --head-pulls {list(pulls)}",
+                      stacklevel=3)
+    return final.theta.astype(np.float32), {
+        "solver": "newton", "pull": c.pull, "pull_edge": edge, "val_accuracy": c.val_accuracy, "val_folds": k,
+        "solver_loss": final.loss, "solver_grad_norm": final.grad_norm, "solver_iterations": final.iterations,
+        "solver_converged": final.converged}
+
+
 def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None, *,
             data: PreferenceData | None = None, features_file: str | Path | None = None) -> Experiment:
     """Steps 1-4: load and split the data, get the global model, score every text, compute margins.
@@ -284,11 +310,16 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     global_info: dict[str, Any] = {"model": rm.name, "source": global_source, "formatter": rm.formatter.to_dict()}
     if cfg.model.global_model == PACKAGED_MODEL:
         gd = torch.from_numpy(pair_differences(feats, g_chosen, g_rejected))
-        job = HeadJob(
-            train_idx=np.arange(len(gd)), weights=np.ones(len(gd)), init=np.zeros(rm.feature_dim),
-            anchor=np.zeros(rm.feature_dim), lr=cfg.train.global_learning_rate, pull=0.0, stream=12345,
-        )
-        w = train_heads(gd, [job], [cfg.train.global_steps], batch_size=64)[0, -1]
+        if cfg.train.head_solver == "newton":
+            gtab = pair_table(glob_pairs.pairs)
+            w, solved = _solve_global_layer(gd, column_strings(gtab.column("split_key"), glob_pairs.rows), cfg)
+            global_info.update(solved)
+        else:
+            job = HeadJob(
+                train_idx=np.arange(len(gd)), weights=np.ones(len(gd)), init=np.zeros(rm.feature_dim),
+                anchor=np.zeros(rm.feature_dim), lr=cfg.train.global_learning_rate, pull=0.0, stream=12345,
+            )
+            w = train_heads(gd, [job], [cfg.train.global_steps], batch_size=64)[0, -1]
         rm.set_head(torch.from_numpy(w), 0.0)
         global_info.update(
             trained_on_pairs=len(gd),

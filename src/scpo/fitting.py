@@ -13,6 +13,7 @@ Studies call :func:`fit` with explicit training rows (a learning curve's subsamp
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .grid import Choice, GridSpec, choose, folds
 from .hashing import stream_seed
 from .heads import HeadJob, train_heads, val_accuracy
 from .selection import method_pairs
+from .solver import HeadProblem, feature_scale, solve_heads, validation_metrics
 
 __all__ = ["MODES", "fit", "grid_spec", "train_rows_of"]
 
@@ -58,7 +60,8 @@ def fit(exp: Experiment, methods: Sequence[str], seeds: Sequence[int], *, tau: f
     rows = dict(train_rows) if train_rows is not None else train_rows_of(exp)
     mode = exp.cfg.train.mode
     if mode == "head":
-        return _fit_heads(exp, list(methods), list(seeds), tau, beta, rows, progress)
+        head_fit = _fit_heads_newton if exp.cfg.train.head_solver == "newton" else _fit_heads
+        return head_fit(exp, list(methods), list(seeds), tau, beta, rows, progress)
     if mode in ("full", "lora"):
         from .jobs import fit_trainer_jobs  # the Trainer stack (transformers Trainer, PEFT) loads only when used
 
@@ -136,6 +139,84 @@ def _fit_heads(exp: Experiment, methods: list[str], seeds: list[int], tau: float
     for g in exp.groups:
         for seed in seeds:
             weights[(g, "global", seed)] = w_global
+            used[(g, "global", seed)] = PairsUsed(0, 0.0)
+    dt = exp.diffs()[torch.from_numpy(np.flatnonzero(exp.split == "test"))].double().numpy()
+    margins = {k: dt @ w.astype(np.float64) for k, w in weights.items()}
+    return FitResult(margins=margins, used=used, grid=grid, models=weights)
+
+
+def _fit_heads_newton(exp: Experiment, methods: list[str], seeds: list[int], tau: float, beta: float,
+                      train_rows: dict[str, np.ndarray], progress: bool) -> FitResult:
+    """Head mode with ``--head-solver newton``: every score layer solved to convergence (:mod:`scpo.solver`).
+
+    The pull towards the global layer is chosen per (group, method, seed) from ``head_pulls`` on the
+    k validation folds (the rule of :mod:`scpo.grid`: mean validation accuracy, ties to the larger
+    pull, the grid being ordered from the largest), then the layer is refit on all training pairs.
+    """
+    tc = exp.cfg.train
+    diffs = exp.diffs()
+    w_global = exp.rm.head_params()[0].numpy().astype(np.float64)
+    pulls = tuple(sorted(set(float(p) for p in tc.head_pulls), reverse=True))
+    spec = GridSpec(tuple((float("nan"), p) for p in pulls), (0,), tc.val_folds)
+    full_rows = train_rows_of(exp)
+    scale = feature_scale(diffs, np.concatenate([r for r in full_rows.values()] + [np.zeros(0, np.int64)]))
+    trained = [m for m in methods if m != "global"]
+
+    def problem(g: str, m: str, seed: int, rows: np.ndarray, fold: Any) -> HeadProblem:
+        rng = np.random.default_rng(stream_seed("subset", g, seed, fold))
+        idx, wts = method_pairs(m, exp.delta[rows], tau, beta, rng)
+        return HeadProblem(rows[idx], np.asarray(wts, dtype=np.float64), None if m == "scratch" else w_global)
+
+    grid = spec.record()
+    grid["solver"] = "newton"
+    chosen: dict[tuple[str, str, int], Choice] = {}
+    if spec.val_folds > 1 and len(pulls) > 1:
+        problems, vals, keys = [], [], []
+        for g in exp.groups:
+            for fi, (fit_rows, val_rows) in enumerate(folds(train_rows[g], exp.split_key[train_rows[g]], spec.val_folds,
+                                                            seed=exp.cfg.data.split_seed)):
+                for m in trained:
+                    for seed in seeds:
+                        problems.append(problem(g, m, seed, fit_rows, fi))
+                        vals.append(val_rows)
+                        keys.append((g, m, seed, fi))
+        sol = solve_heads(diffs, problems, pulls, scale=scale)
+        acc, _ = validation_metrics(diffs, vals, sol.theta)  # [problems, pulls]
+        n_folds = 1 + max((k[3] for k in keys), default=0)
+        table: dict[tuple[str, str, int], np.ndarray] = {}
+        for (g, m, seed, fi), a in zip(keys, acc):
+            table.setdefault((g, m, seed), np.full((n_folds, len(pulls), 1), np.nan))[fi, :, 0] = a
+        for key, t in table.items():
+            chosen[key] = choose(spec, t)
+    edges = []
+    for g in exp.groups:
+        for m in trained:
+            for seed in seeds:
+                c = chosen.setdefault((g, m, seed), Choice(float("nan"), pulls[0], 0))
+                rec = c.record()
+                if len(pulls) > 1 and c.pull in (pulls[0], pulls[-1]):
+                    rec["edge"] = "largest" if c.pull == pulls[0] else "smallest"
+                    edges.append(f"{g}/{m}/{seed}: {rec['edge']} pull {c.pull:g}")
+                grid["choices"].setdefault(g, {}).setdefault(m, {})[str(seed)] = rec
+    if edges:
+        grid["edge_choices"] = edges
+        warnings.warn(f"{len(edges)} head-mode pull choice(s) sit at the edge of --head-pulls {list(pulls)} "
+                      f"(e.g. {edges[0]}): widen the grid (results.json grid.edge_choices)", stacklevel=3)
+    weights: dict[tuple[str, str, int], np.ndarray] = {}
+    used: dict[tuple[str, str, int], PairsUsed] = {}
+    for pull in sorted({c.pull for c in chosen.values()}, reverse=True):
+        keys = [k for k, c in chosen.items() if c.pull == pull]
+        probs = [problem(g, m, seed, train_rows[g], "final") for g, m, seed in keys]
+        sol = solve_heads(diffs, probs, [pull], scale=scale)
+        for i, key in enumerate(keys):
+            weights[key] = sol.theta[i, 0].astype(np.float32)
+            used[key] = PairsUsed(probs[i].n, float(probs[i].weights.sum()))
+            s = sol[i, 0]
+            grid["choices"][key[0]][key[1]][str(key[2])]["solver"] = {
+                "loss": s.loss, "grad_norm": s.grad_norm, "iterations": s.iterations, "converged": s.converged}
+    for g in exp.groups:
+        for seed in seeds:
+            weights[(g, "global", seed)] = w_global.astype(np.float32)
             used[(g, "global", seed)] = PairsUsed(0, 0.0)
     dt = exp.diffs()[torch.from_numpy(np.flatnonzero(exp.split == "test"))].double().numpy()
     margins = {k: dt @ w.astype(np.float64) for k, w in weights.items()}

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = ["files_fingerprint", "stream_seed", "tensors_fingerprint"]
 
 
@@ -54,8 +56,6 @@ def tensors_fingerprint(module: Any, skip: Callable[[str], bool] | None = None) 
 
     ``skip(name)`` leaves tensors out (the score layer, for a key of the features below it).
     """
-    import torch
-
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         if skip is not None and skip(name):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 __all__ = ["HeadJob", "train_heads", "val_accuracy"]
 
@@ -78,8 +79,6 @@ def train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[in
 
 def _train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[int], batch_size: int, *,
                  chunk: int, progress: bool) -> np.ndarray:
-    from tqdm.auto import tqdm
-
     steps = sorted(set(int(s) for s in steps))
     max_step = steps[-1] if steps else 0
     dim = diffs.shape[1]

@@ -94,7 +94,7 @@ def header_timeout_protocol(header_timeout: float) -> type:
     h11 has the complete request head (uvicorn has only a keep-alive timeout, which the first
     byte of a request cancels).
     """
-    import h11
+    import h11  # start-up time: uvicorn and its HTTP parser load only when serving
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     message = json_bytes({"error": f"request headers not received within {header_timeout:g} s", "status": 408})

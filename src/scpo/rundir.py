@@ -17,11 +17,14 @@ Test-only kill points live in :mod:`scpo.instrument`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import RunLockedError
 
@@ -75,8 +78,6 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -137,8 +138,6 @@ class RunLock:
         self._fh = None
 
     def __enter__(self) -> RunLock:
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a+")
         try:
@@ -166,8 +165,6 @@ class RunLock:
         return self
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
-        import fcntl
-
         if self._fh is not None:
             log_work("end" if exc_type is None else "error", error=None if exc_type is None else exc_type.__name__)
             _ACTIVE["run_dir"] = _ACTIVE["attempt"] = None

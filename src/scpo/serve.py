@@ -53,7 +53,14 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import __version__
 from .errors import InputError, ScpoError
 from .http_edge import Edge, header_timeout_protocol, json_bytes
 from .microbatch import HTTPError, MicroBatcher
@@ -86,15 +93,6 @@ def create_app(model: SteerableRewardModel, limits: ServeLimits | None = None,
 
     ``reward``: the steering of ``/get_reward`` requests that name none (default: the global model).
     """
-    import torch
-    from fastapi import FastAPI, Request
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from . import __version__
-
     class SafeJSON(JSONResponse):
         def render(self, content: Any) -> bytes:
             return json_bytes(content)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from .model import InputFormatter, RewardModel, packaged_model_path
 
@@ -14,8 +15,6 @@ def tiny_encoder(hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 
 
     For benchmarks of the data and memory path only (its rewards mean nothing).
     """
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
     src = packaged_model_path()
     tok = AutoTokenizer.from_pretrained(src)
     torch.manual_seed(seed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from ..errors import ScpoError
 from ..serve import RewardProtocol, ServeLimits, serve
 from ..serve_api import DEFAULT_STRIP
@@ -60,8 +62,6 @@ def _serve(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise ScpoError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
         torch.set_num_threads(args.threads)
     quiet_transformers()
     model = SteerableRewardModel.from_pretrained(args.model, method=args.method, device=args.device,

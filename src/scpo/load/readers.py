@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..errors import InputError
 
@@ -311,8 +312,6 @@ def table_records(table: pa.Table, *, file: str) -> tuple[list[str], list[tuple[
 
 
 def _read_parquet(data: bytes, file: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    import pyarrow.parquet as pq
-
     try:
         names = pq.read_schema(pa.BufferReader(data)).names
     except Exception:
