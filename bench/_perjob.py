@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from scpo.heads import HeadJob, _hash32
+from scpo.heads import HeadJob, hash32
 
 
 def train_heads_per_job(
@@ -62,7 +62,7 @@ def train_heads_per_job(
             out[c0 : c0 + J, 0] = theta.numpy()
             si = 1
         for t in range(1, max_step + 1):
-            r = _hash32(_hash32(stream * 1000003 + t) ^ (cols * 2654435761 & 0xFFFFFFFF))
+            r = hash32(hash32(stream * 1000003 + t) ^ (cols * 2654435761 & 0xFFFFFFFF))
             pos = offsets[:, None] + (r % safe_counts)
             pair = flat_idx[pos.clamp(max=len(flat_idx) - 1)]
             w = flat_w[pos.clamp(max=len(flat_w) - 1)]

@@ -75,9 +75,7 @@ def test_sweep_command_parses_lists_and_uses_its_defaults(monkeypatch, capsys):
 
 def test_sweep_needs_head_mode(tmp_path):
     from scpo.config import RunConfig
-    from scpo.errors import InputError
-    from scpo.pipeline import run
+    from scpo.errors import ConfigError
 
-    cfg = RunConfig().replace(mode="lora", sweep_taus=[0.7], output_dir=str(tmp_path / "r"))
-    with pytest.raises(InputError, match="head mode"):
-        run(cfg, progress=False)
+    with pytest.raises(ConfigError, match="head mode"):  # refused where the config is made, before any work
+        RunConfig().replace(mode="lora", sweep_taus=[0.7], output_dir=str(tmp_path / "r"))

@@ -400,6 +400,10 @@ class RunConfig:
     studies: StudyConfig = field(default_factory=StudyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def __post_init__(self) -> None:
+        if (self.studies.sweep_taus or self.studies.sweep_betas) and self.train.mode != "head":
+            raise ConfigError("the tau x beta sweep runs in head mode only (--mode head)")
+
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

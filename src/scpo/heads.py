@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["HeadJob", "train_heads", "val_accuracy"]
+__all__ = ["HeadJob", "hash32", "train_heads", "val_accuracy"]
 
 
 @dataclass
@@ -37,7 +37,7 @@ class HeadJob:
     val_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def _hash32(x: torch.Tensor) -> torch.Tensor:
+def hash32(x: torch.Tensor) -> torch.Tensor:
     """A vectorised 32-bit integer hash (PCG output permutation) on int64 tensors."""
     x = x & 0xFFFFFFFF
     x = (x * 747796405 + 2891336453) & 0xFFFFFFFF
@@ -120,7 +120,7 @@ def _train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[i
             snaps[:, :, 0] = theta
             si = 1
         for t in range(1, max_step + 1):
-            r = _hash32(_hash32(stream * 1000003 + t) ^ (cols * 2654435761 & 0xFFFFFFFF))
+            r = hash32(hash32(stream * 1000003 + t) ^ (cols * 2654435761 & 0xFFFFFFFF))
             pos = offsets[:, None] + (r % safe_counts)
             pair = flat_idx[pos.clamp(max=len(flat_idx) - 1)]
             w = flat_w[pos.clamp(max=len(flat_w) - 1)]

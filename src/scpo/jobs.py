@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from .artifact import MODE_FOLDERS
 from .experiment import Experiment, FitResult, PairsUsed
 from .forward import rewards_of
 from .grid import Choice, GridSpec, choose, folds
@@ -350,7 +351,7 @@ def fit_trainer_jobs(exp: Experiment, methods: list[str], seeds: list[int], *, t
                 rec = {"job": key, "fingerprint": fp, "margins": margins[(g, m, seed)].tolist(), "pairs": n_pairs,
                        "weight_sum": wsum, "choice": choice.record(), **info}
                 if m == "scpo" and seed == seeds[0] and save_models:
-                    sub = "adapters" if tc.mode == "lora" else "groups"
+                    sub = MODE_FOLDERS[tc.mode]
                     name = f"{sub}/{path_component(g)}"
                     mdir = run_dir / ".saved" / name
                     rmtree_inside(mdir, run_dir)

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig
-from .errors import InputError
 from .evaluate import Evaluator, SplitMargins, evaluate_splits
 from .experiment import Experiment, FitResult, group_sets, prepare, selection_summary, split_margins
 from .fitting import fit
@@ -102,8 +101,6 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         fractions = sorted(set(st.curve_fractions))
         curve_methods = list(dict.fromkeys(st.curve_methods)) if fractions else []
         sweep_on = bool(st.sweep_taus or st.sweep_betas)
-        if sweep_on and tc.mode != "head":
-            raise InputError("the tau x beta sweep runs in head mode only (--mode head)", field="sweep_taus")
         timing: dict[str, float] = {"prepare": 0.0, "train": 0.0, "curves": 0.0, "sweep": 0.0}
         rm = exp.rm if exp is not None else None
         head0 = None

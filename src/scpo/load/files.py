@@ -91,7 +91,7 @@ from .base import PreferenceData, parse_score, require_text
 from .countries import group_map, resolve_groups
 from .readers import FILE_FORMATS, read_records
 from .sources import Part, looks_like_hub_id, read_source
-from .trl import pair_texts
+from .trl_formats import pair_texts
 
 __all__ = [
     "PairTable",

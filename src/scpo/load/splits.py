@@ -8,7 +8,7 @@ decides what trains the global model; :func:`kfold_keys` carves validation folds
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
@@ -19,7 +19,7 @@ from ..config import PACKAGED_MODEL, RunConfig
 from ..errors import InputError
 from .base import PairRows, PreferenceData, dictionary_codes, distinct_strings, pair_table
 
-__all__ = ["add_split_column", "assign_splits", "kfold_keys", "rows_in_split", "split_data"]
+__all__ = ["SplitData", "add_split_column", "assign_splits", "kfold_keys", "rows_in_split", "split_data"]
 
 
 def assign_splits(
@@ -77,11 +77,19 @@ def kfold_keys(keys: list[str], k: int, seed: int) -> list[list[str]]:
     return folds
 
 
-def split_data(cfg: RunConfig, data: PreferenceData) -> tuple[Any, PairRows | None, str]:
-    """One partition of split keys, shared by every group and by the offline global model.
+class SplitData(NamedTuple):
+    """The split of a loaded data set (:func:`split_data`)."""
 
-    Returns ``(pairs with a split column, the global model's training pairs or None, global_source)``.
-    """
+    pairs: datasets.Dataset
+    """Every pair, with a ``split`` column (``train``, ``test``, ``global``)."""
+    global_pairs: PairRows | None
+    """The offline global model's training pairs (None for a pretrained global model)."""
+    global_source: str
+    """``holdout``, ``pooled`` or ``none``, as resolved from ``auto``."""
+
+
+def split_data(cfg: RunConfig, data: PreferenceData) -> SplitData:
+    """One partition of split keys, shared by every group and by the offline global model."""
     global_source = cfg.data.global_source
     if global_source == "auto":
         if cfg.model.global_model != PACKAGED_MODEL:
@@ -111,7 +119,7 @@ def split_data(cfg: RunConfig, data: PreferenceData) -> tuple[Any, PairRows | No
     elif global_source == "pooled":
         gp = add_split_column(data.global_pairs, assignment)
         glob_pairs = PairRows(gp, rows_in_split(gp, "train"))
-    return pairs, glob_pairs, global_source
+    return SplitData(pairs, glob_pairs, global_source)
 
 
 def rows_in_split(pairs: Any, part: str) -> np.ndarray:
