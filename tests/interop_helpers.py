@@ -94,7 +94,8 @@ def tiny_chat_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # normalize_reward is on.
 
 
-def openrlhf_reward_model(path: str | Path, value_head_prefix: str = "score", normalize_reward: bool = False) -> nn.Module:
+def openrlhf_reward_model(path: str | Path, value_head_prefix: str = "score", normalize_reward: bool = False):
+    """(model, loading info) as ``get_llm_for_sequence_regression(path, "reward", value_head_prefix=...)`` builds it."""
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(str(path))
@@ -127,4 +128,11 @@ def openrlhf_reward_model(path: str | Path, value_head_prefix: str = "score", no
                 reward = (reward - self.mean) / self.std
             return reward
 
-    return RewardModel.from_pretrained(str(path), config=config, dtype=torch.float32).eval()
+    model, info = RewardModel.from_pretrained(str(path), config=config, dtype=torch.float32, output_loading_info=True)
+    # transformers 5 builds the model on the meta device, so the non-persistent mean/std buffers set in __init__
+    # come back uninitialised: set them as OpenRLHF's __init__ means to (whether OpenRLHF itself hits this depends
+    # on the transformers version it runs with; not checked here)
+    with torch.no_grad():
+        model.mean.fill_(float(getattr(config, "mean", 0.0)))
+        model.std.fill_(float(getattr(config, "std", 1.0)))
+    return model.eval(), info
