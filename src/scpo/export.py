@@ -326,8 +326,8 @@ def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, c
             f"{tok_notes.get('max_positions')}-token position limit (`max_completion_length`), or pass "
             "`scpo.export.reward_function(PATH)` as the reward function: scpo's own input and truncation, any length.",
             "* **OpenRLHF's reward-model loader does not fit this checkpoint**: it rebuilds a decoder's value head (a "
-            "bias-free linear layer read at the last token), while this model pools through BERT's `[CLS]` pooler with a "
-            "biased `classifier`. Use the remote protocol instead: `scpo serve --model PATH --port 5000` and "
+            "bias-free linear layer read at the last token), while this model reads its first (`[CLS]`) token through "
+            "its own classification head (BERT: a pooler and a `classifier` with a bias). Use the remote protocol instead: `scpo serve --model PATH --port 5000` and "
             "OpenRLHF's `--remote_rm_url http://127.0.0.1:5000/get_reward`.",
         ]
     else:
@@ -347,6 +347,12 @@ def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, c
         else:
             lines.append("* OpenRLHF's value-head loader does not fit this score layer; use `scpo serve`'s `/get_reward` "
                          "(`--remote_rm_url`).")
+    if effect is None and pair:
+        lines += ["", "What TRL's input costs was measured on the synthetic default (packaged MiniLM encoder, `group-c`'s "
+                  "90 test pairs): 62.2% pairwise accuracy in scpo's input, 65.6% as RewardTrainer builds it, 63.3% as "
+                  "GRPOTrainer feeds it, Pearson r 0.984 / 0.987 with scpo's rewards (scpo's `docs/interop.md`). For "
+                  "this model, measure it on your pairs: `scpo.export.input_format_effect`, or `export_checkpoint(..., "
+                  "eval_pairs=(prompts, chosen, rejected))` to put the table here."]
     if effect:
         lines += ["", f"Measured on {effect['scpo']['pairs']} held-out preference pairs "
                   "(`scpo.export.input_format_effect`):", "",
