@@ -80,6 +80,18 @@ def test_encoder_export_tokenizer_is_set_for_trl(encoder_export) -> None:
     assert "[CLS] prompt response [SEP] [SEP]" in card
 
 
+def test_card_carries_the_measured_input_format_effect(encoder_export, tmp_path: Path) -> None:
+    srm, _ = encoder_export
+    out = export_checkpoint(srm, tmp_path / "measured", group="group-a", eval_pairs=(PROMPTS, CHOSEN, REJECTED))
+    effect = json.loads((out / "scpo_export.json").read_text())["input_format_effect"]
+    assert set(effect) == {"scpo", "trl_reward_trainer", "trl_grpo"} and effect["scpo"]["pairs"] == len(PROMPTS)
+    r = srm.score(PROMPTS + PROMPTS, CHOSEN + REJECTED, group="group-a")
+    assert effect["scpo"]["accuracy"] == pytest.approx(np.mean(r[:4] > r[4:]))
+    assert all(-1 <= e["pearson_r"] <= 1 for e in effect.values())
+    card = (out / "README.md").read_text()
+    assert "| TRL GRPOTrainer (string prompts) |" in card and "Measured on 4 held-out preference pairs" in card
+
+
 def test_reward_trainer_continues_an_encoder_export(encoder_export, tmp_path: Path) -> None:
     """TRL loads the export from its path (no processing_class, no eos_token given) and trains it on string data."""
     srm, path = encoder_export

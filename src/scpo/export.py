@@ -321,8 +321,8 @@ def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, c
             "* `trl.RewardTrainer` (string prompt/chosen/rejected) trains it, but builds `[CLS] prompt response [SEP] [SEP]` "
             "(prompt and response concatenated, segment ids all 0), not scpo's text pair; it drops pairs longer than "
             "`RewardConfig.max_length`. Conversational data need a chat template, which this tokenizer has not.",
-            "* `trl.GRPOTrainer(reward_funcs=<this checkpoint>)` scores `prompt + completion` with no special tokens and "
-            "no truncation: keep prompt + completion under the model's "
+            "* `trl.GRPOTrainer(reward_funcs=<this checkpoint>)` (string prompts: conversational ones need a chat template) "
+            "scores `prompt + completion` with no special tokens and no truncation: keep prompt + completion under the model's "
             f"{tok_notes.get('max_positions')}-token position limit (`max_completion_length`), or pass "
             "`scpo.export.reward_function(PATH)` as the reward function: scpo's own input and truncation, any length.",
             "* **OpenRLHF's reward-model loader does not fit this checkpoint**: it rebuilds a decoder's value head (a "
