@@ -101,7 +101,7 @@ def test_reward_trainer_continues_an_encoder_export(encoder_export, tmp_path: Pa
                                 train_dataset=data)
     tok = trainer.processing_class
     # what TRL builds: [CLS] prompt+response [SEP] [SEP] -- trl_inputs (used for the measured figures) says the same
-    assert trainer.train_dataset[0]["chosen_ids"] == trl_inputs(tok, srm.formatter, PROMPTS[:1], CHOSEN[:1], "reward")[0]
+    assert trainer.train_dataset[0]["chosen_ids"] == trl_inputs(tok, PROMPTS[:1], CHOSEN[:1], "reward")[0]
     assert tok.convert_ids_to_tokens(trainer.train_dataset[0]["chosen_ids"])[-2:] == ["[SEP]", "[SEP]"]
     before = _weights(path)
     out = trainer.train()

@@ -96,8 +96,8 @@ def _value_head_prefix(net: nn.Module, score_name: str | None) -> str | None:
     return name if name == "score" else None
 
 
-def _batched_rewards(net: nn.Module, ids: list[list[int]], pad_id: int, tt: list[list[int]] | None = None,
-                     batch_size: int = 64) -> np.ndarray:
+def _batched_rewards(net: nn.Module, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
+    """Rewards of token id lists, right-padded batches, attention mask only (token type ids 0), as TRL feeds them."""
     out = []
     with torch.inference_mode():
         for i in range(0, len(ids), batch_size):
@@ -105,21 +105,14 @@ def _batched_rewards(net: nn.Module, ids: list[list[int]], pad_id: int, tt: list
             n = max(len(x) for x in chunk)
             inp = torch.full((len(chunk), n), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), n), dtype=torch.long)
-            kw: dict[str, Any] = {}
-            if tt is not None:
-                tts = torch.zeros((len(chunk), n), dtype=torch.long)
             for j, x in enumerate(chunk):
                 inp[j, :len(x)] = torch.tensor(x)
                 mask[j, :len(x)] = 1
-                if tt is not None:
-                    tts[j, :len(x)] = torch.tensor(tt[i + j])
-            if tt is not None:
-                kw["token_type_ids"] = tts
-            out.append(net(input_ids=inp, attention_mask=mask, **kw).logits[:, 0].double().numpy())
+            out.append(net(input_ids=inp, attention_mask=mask).logits[:, 0].double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def trl_inputs(tokenizer: Any, formatter: Any, prompts: list[str], responses: list[str], trainer: str,
+def trl_inputs(tokenizer: Any, prompts: list[str], responses: list[str], trainer: str,
                max_positions: int | None = None) -> list[list[int]]:
     """The token ids TRL 1.16 builds for (prompt, response) from string (standard) data.
 
@@ -156,7 +149,7 @@ def input_format_effect(srm: SteerableRewardModel, path: str | Path, prompts: li
     positions = getattr(net.config, "max_position_embeddings", None)
     out = {"scpo": {"accuracy": float(np.mean(ref[:n] > ref[n:])), "pearson_r": 1.0, "pairs": n}}
     for trainer, label in (("reward", "trl_reward_trainer"), ("grpo", "trl_grpo")):
-        r = _batched_rewards(net, trl_inputs(tok, srm.formatter, prompts2, responses, trainer, positions), tok.pad_token_id)
+        r = _batched_rewards(net, trl_inputs(tok, prompts2, responses, trainer, positions), tok.pad_token_id)
         out[label] = {"accuracy": float(np.mean(r[:n] > r[n:])), "pearson_r": float(np.corrcoef(r, ref)[0, 1]), "pairs": n}
     return out
 
