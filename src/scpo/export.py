@@ -10,6 +10,7 @@ artifact completed with its calibration, and the model cards.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -31,7 +32,7 @@ from .names import path_component
 from .rundir import atomic_write_json, atomic_write_text
 from .steer import GroupSpec, SteerableRewardModel, describe_steering
 
-__all__ = ["export_artifact", "export_checkpoint", "group_card"]
+__all__ = ["export_artifact", "export_checkpoint", "group_card", "input_format_effect", "reward_function", "trl_inputs"]
 
 
 def _affine_score_layer(model: nn.Module, name: str | None, weight: np.ndarray, bias: float) -> float:
@@ -47,8 +48,139 @@ def _affine_score_layer(model: nn.Module, name: str | None, weight: np.ndarray, 
     return float(bias)
 
 
+def _trainer_tokenizer(tokenizer: Any, formatter: Any, net: nn.Module) -> tuple[Any, dict[str, Any]]:
+    """A copy of the tokenizer set up for TRL's trainers: EOS and pad tokens, ``model_max_length`` equal to
+    the formatter's limit, truncation from the left (the response is kept), right padding."""
+    tok = copy.deepcopy(tokenizer)
+    notes: dict[str, Any] = {}
+    if tok.eos_token is None:
+        eos = tok.sep_token or tok.pad_token
+        if eos is None:
+            raise ScpoError("the tokenizer has no EOS, SEP or pad token: TRL's trainers need an EOS token")
+        tok.eos_token = eos
+        notes["eos_token_from"] = "sep_token" if tok.sep_token else "pad_token"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+        notes["pad_token_from"] = "eos_token"
+    tok.model_max_length = int(formatter.max_length)
+    tok.truncation_side = "left"
+    tok.padding_side = "right"
+    # saved with the tokenizer only through its init kwargs
+    tok.init_kwargs.update(truncation_side="left", padding_side="right", model_max_length=tok.model_max_length)
+    notes["max_positions"] = getattr(net.config, "max_position_embeddings", None)
+    notes.update({"eos_token": tok.eos_token, "pad_token": tok.pad_token, "model_max_length": tok.model_max_length,
+                  "truncation_side": "left", "padding_side": "right"})
+    text_cfg = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    text_cfg.pad_token_id = tok.pad_token_id
+    if getattr(text_cfg, "eos_token_id", None) is None:
+        text_cfg.eos_token_id = tok.eos_token_id
+    return tok, notes
+
+
+def _value_head_prefix(net: nn.Module, score_name: str | None) -> str | None:
+    """OpenRLHF's ``value_head_prefix`` when its value-head loader fits the model, else None.
+
+    OpenRLHF rebuilds a reward model as ``AutoModel``'s base network under ``base_model_prefix`` plus a bias-free
+    ``nn.Linear(hidden_size, 1)`` named ``value_head_prefix`` read at the last attended token. That is what a
+    decoder's ``*ForSequenceClassification`` is (``score`` on top of ``model``/``transformer``). An encoder's head
+    (BERT's pooler + ``classifier``, RoBERTa's two-layer ``classifier``) is not: None.
+    """
+    name = score_name or find_score_layer(net)[0]
+    layer = score_module(net, name)
+    hidden = getattr(net.config, "hidden_size", None)
+    if "." in name or not isinstance(layer, nn.Linear) or layer.in_features != hidden:
+        return None
+    prefix = getattr(net, "base_model_prefix", "")
+    if not prefix or not hasattr(net, prefix) or hasattr(getattr(net, prefix), "pooler") or getattr(net.config, "is_encoder_decoder", False):
+        return None
+    return name if name == "score" else None
+
+
+def _batched_rewards(net: nn.Module, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
+    """Rewards of token id lists, right-padded batches, attention mask only (token type ids 0), as TRL feeds them."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(ids), batch_size):
+            chunk = ids[i:i + batch_size]
+            n = max(len(x) for x in chunk)
+            inp = torch.full((len(chunk), n), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), n), dtype=torch.long)
+            for j, x in enumerate(chunk):
+                inp[j, :len(x)] = torch.tensor(x)
+                mask[j, :len(x)] = 1
+            out.append(net(input_ids=inp, attention_mask=mask).logits[:, 0].double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def trl_inputs(tokenizer: Any, prompts: list[str], responses: list[str], trainer: str,
+               max_positions: int | None = None) -> list[list[int]]:
+    """The token ids TRL 1.16 builds for (prompt, response) from string (standard) data.
+
+    ``trainer="reward"``: ``RewardTrainer`` -- ``tokenizer(prompt + response + eos)``, special tokens added
+    (BERT: ``[CLS] prompt response [SEP] [SEP]``; token type ids all 0). ``trainer="grpo"``: ``GRPOTrainer`` with
+    the model as a reward function -- ``tokenizer(prompt + completion, add_special_tokens=False)``.
+    Conversational data with a chat template give the template's text in both (scpo's ``chat`` input). Inputs
+    longer than ``max_positions`` keep their last tokens (TRL would drop or crash on them).
+    """
+    if trainer == "reward":
+        eos = tokenizer.eos_token or ""
+        texts = [p + r if (p + r).endswith(eos) else p + r + eos for p, r in zip(prompts, responses)]
+        ids = tokenizer(texts, truncation=False)["input_ids"]
+    elif trainer == "grpo":
+        ids = tokenizer([p + r for p, r in zip(prompts, responses)], add_special_tokens=False, truncation=False)["input_ids"]
+    else:
+        raise ValueError(f"trainer must be 'reward' or 'grpo', got {trainer!r}")
+    if max_positions:
+        ids = [x[-max_positions:] for x in ids]
+    return ids
+
+
+def input_format_effect(srm: SteerableRewardModel, path: str | Path, prompts: list[str], chosen: list[str],
+                        rejected: list[str], group: GroupSpec = None, strength: float = 1.0) -> dict[str, dict[str, float]]:
+    """Pairwise accuracy and Pearson r (against scpo's rewards) of an exported checkpoint's rewards as
+    TRL's trainers feed it (:func:`trl_inputs`), beside scpo's own input; measured on the pairs given."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    net = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+    prompts2, responses = list(prompts) + list(prompts), list(chosen) + list(rejected)
+    n = len(chosen)
+    ref = srm.score(prompts2, responses, group=group, strength=strength)
+    positions = getattr(net.config, "max_position_embeddings", None)
+    out = {"scpo": {"accuracy": float(np.mean(ref[:n] > ref[n:])), "pearson_r": 1.0, "pairs": n}}
+    for trainer, label in (("reward", "trl_reward_trainer"), ("grpo", "trl_grpo")):
+        r = _batched_rewards(net, trl_inputs(tok, prompts2, responses, trainer, positions), tok.pad_token_id)
+        out[label] = {"accuracy": float(np.mean(r[:n] > r[n:])), "pearson_r": float(np.corrcoef(r, ref)[0, 1]), "pairs": n}
+    return out
+
+
+def _message_text(x: Any, role: str) -> str:
+    """A TRL prompt or completion as text: a string, or a message list's last ``role`` turn."""
+    if isinstance(x, str):
+        return x
+    turns = [m.get("content", "") for m in x if m.get("role") == role] or [m.get("content", "") for m in x]
+    return str(turns[-1]) if turns else ""
+
+
+def reward_function(model: SteerableRewardModel | str | Path, group: GroupSpec = None, strength: float = 1.0):
+    """A TRL reward function (``GRPOTrainer(reward_funcs=[reward_function(PATH, group)])``) giving scpo's rewards.
+
+    It scores through :meth:`SteerableRewardModel.score`: scpo's own input format and truncation (the response
+    kept), so completions of any length are scored as scpo scores them. Conversational prompts and completions
+    (message lists) are scored as (last user turn, last assistant turn).
+    """
+    srm = model if isinstance(model, SteerableRewardModel) else SteerableRewardModel.from_pretrained(model)
+
+    def scpo_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        p = [_message_text(x, "user") for x in prompts]
+        c = [_message_text(x, "assistant") for x in completions]
+        return [float(r) for r in srm.score(p, c, group=group, strength=strength)]
+
+    return scpo_reward
+
+
 def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | Path, group: GroupSpec = None,
-                      strength: float = 1.0) -> Path:
+                      strength: float = 1.0, eval_pairs: tuple[list[str], list[str], list[str]] | None = None) -> Path:
     """Write the steered reward as a plain transformers checkpoint (LoRA merged, calibration baked in).
 
     The result loads with ``AutoModelForSequenceClassification.from_pretrained(out_dir)`` and
@@ -59,6 +191,12 @@ def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | P
     network. Score layers without a bias (Llama's ``score``) cannot store the centring offset: it
     is recorded in ``scpo_export.json`` as ``reward_offset`` and the checkpoint's rewards are the
     API's minus it.
+
+    The tokenizer is saved set up for TRL's trainers (EOS -- BERT has none: its ``[SEP]`` --, pad,
+    ``model_max_length`` = the formatter's limit, left truncation); decoder checkpoints whose score
+    layer is OpenRLHF's value head also get ``value_head_prefix``, ``mean`` and ``std`` in
+    ``config.json``. ``eval_pairs`` (prompts, chosen, rejected): measure :func:`input_format_effect`
+    on them and put the table in the card.
     """
     srm = model if isinstance(model, SteerableRewardModel) else SteerableRewardModel.from_pretrained(model, device="cpu")
     if srm.mode == "export":
@@ -107,22 +245,41 @@ def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tok, tok_notes = _trainer_tokenizer(srm.tokenizer, srm.formatter, net)
+    head_prefix = _value_head_prefix(net, name)
+    openrlhf: dict[str, Any] | None = None
+    if head_prefix is not None:
+        # OpenRLHF's value head has no bias: what it cannot load (the offset, any bias) goes into config.mean,
+        # which OpenRLHF subtracts with --normalize_reward ((reward - mean) / std)
+        layer = score_module(net, name)
+        bias = float(layer.bias.detach().reshape(())) if getattr(layer, "bias", None) is not None else 0.0
+        openrlhf = {"value_head_prefix": head_prefix, "mean": -(offset + bias), "std": 1.0}
+        net.config.value_head_prefix = head_prefix
+        net.config.mean, net.config.std = openrlhf["mean"], openrlhf["std"]
     net.save_pretrained(str(tmp))
-    srm.tokenizer.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
     spec = {"group": dict(group) if isinstance(group, Mapping) else group, "strength": float(strength),
             "method": srm.method, "mode": srm.mode, "coefficients": coef, "reward_offset": offset,
             "formatter": srm.formatter.to_dict(), "source": str(src),
-            "calibration": {m: srm.calibration[m].to_dict() for m in coef}, "calibration_info": srm.calibration_info}
+            "calibration": {m: srm.calibration[m].to_dict() for m in coef}, "calibration_info": srm.calibration_info,
+            "tokenizer": tok_notes, "openrlhf": openrlhf}
     (tmp / "scpo_export.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    (tmp / "README.md").write_text(_export_card(srm, group, strength, coef, offset), encoding="utf-8")
+    (tmp / "README.md").write_text(_export_card(srm, group, strength, coef, offset, tok_notes, openrlhf, None), encoding="utf-8")
+    if eval_pairs is not None:
+        effect = input_format_effect(srm, tmp, *eval_pairs, group=group, strength=strength)
+        spec["input_format_effect"] = effect
+        (tmp / "scpo_export.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_export_card(srm, group, strength, coef, offset, tok_notes, openrlhf, effect), encoding="utf-8")
     for f in tmp.iterdir():
         shutil.move(str(f), str(out / f.name))
     tmp.rmdir()
     return out
 
 
-def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, coef: dict[str, float], offset: float) -> str:
+def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, coef: dict[str, float], offset: float,
+                 tok_notes: dict[str, Any], openrlhf: dict[str, Any] | None, effect: dict[str, dict[str, float]] | None) -> str:
     man = srm.manifest
+    pair = srm.formatter.kind == "text-pair"
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [reward-model, scpo]", "---", "",
         f"# SCPO reward model: {describe_steering(group, strength)}", "",
@@ -135,15 +292,68 @@ def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, c
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
         "tok = AutoTokenizer.from_pretrained(PATH)",
         "rm = AutoModelForSequenceClassification.from_pretrained(PATH).eval()",
-        "reward = rm(**tok(prompt, response, return_tensors='pt')).logits[0, 0]"
-        if srm.formatter.kind == "text-pair" else
-        "text = tok.apply_chat_template([{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}], tokenize=False)",
+        "reward = rm(**tok(prompt, response, truncation=True, return_tensors='pt')).logits[0, 0]"
+        if pair else
+        "text = tok.apply_chat_template([{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}], tokenize=False)\n"
+        "reward = rm(**tok(text, add_special_tokens=False, truncation=True, return_tensors='pt')).logits[0, 0]",
         "```", "",
         f"Input format: `{srm.formatter.kind}`, at most {srm.formatter.max_length} tokens (scpo cuts the prompt from "
-        "its start when an input is longer).",
+        "its start when an input is longer)"
+        + (": `[CLS] prompt [SEP] response [SEP]` with segment ids 0/1." if pair else
+           ": the chat template of one user turn (the prompt) and one assistant turn (the response)."),
     ]
     if offset:
         lines += ["", f"The score layer has no bias: add {offset:.6g} to this checkpoint's rewards to get scpo's."]
+    lines += ["", "## In TRL and OpenRLHF", "",
+              f"The tokenizer is saved for TRL's trainers: EOS `{tok_notes['eos_token']}`"
+              + (" (the tokenizer has no EOS token: its SEP token stands in)" if tok_notes.get("eos_token_from") == "sep_token" else "")
+              + f", pad `{tok_notes['pad_token']}`, `model_max_length` {tok_notes['model_max_length']} (scpo's limit), "
+              "truncation from the left (the response is kept), padding on the right.", ""]
+    if pair:
+        lines += [
+            "* `trl.RewardTrainer` (string prompt/chosen/rejected) trains it, but builds `[CLS] prompt response [SEP] [SEP]` "
+            "(prompt and response concatenated, segment ids all 0), not scpo's text pair; it drops pairs longer than "
+            "`RewardConfig.max_length`. Conversational data need a chat template, which this tokenizer has not.",
+            "* `trl.GRPOTrainer(reward_funcs=<this checkpoint>)` (string prompts: conversational ones need a chat template) "
+            "scores `prompt + completion` with no special tokens and no truncation: keep prompt + completion under the model's "
+            f"{tok_notes.get('max_positions')}-token position limit (`max_completion_length`), or pass "
+            "`scpo.export.reward_function(PATH)` as the reward function: scpo's own input and truncation, any length.",
+            "* **OpenRLHF's reward-model loader does not fit this checkpoint**: it rebuilds a decoder's value head (a "
+            "bias-free linear layer read at the last token), while this model reads its first (`[CLS]`) token through "
+            "its own classification head (BERT: a pooler and a `classifier` with a bias). Use the remote protocol instead: `scpo serve --model PATH --port 5000` and "
+            "OpenRLHF's `--remote_rm_url http://127.0.0.1:5000/get_reward`.",
+        ]
+    else:
+        lines += [
+            "* `trl.RewardTrainer` with conversational prompt/chosen/rejected (message lists) builds the chat template's "
+            "text, scpo's own input; string data are concatenated as `prompt + response + EOS` without the template.",
+            "* `trl.GRPOTrainer(reward_funcs=<this checkpoint>)` with conversational prompts scores the chat template of "
+            "prompt + completion (scpo's input, not truncated by TRL); with string prompts `prompt + completion`.",
+        ]
+        if openrlhf:
+            lines.append(
+                f"* OpenRLHF: `--reward_pretrain PATH --value_head_prefix {openrlhf['value_head_prefix']}` (also in "
+                "`config.json`). OpenRLHF reads the reward at the last token of the policy's own token ids, so the policy "
+                "must share this tokenizer and chat template. Its value head has no bias: its rewards are scpo's minus "
+                f"{-openrlhf['mean']:.6g}, and with `--normalize_reward` it subtracts `config.json`'s `mean` "
+                f"({openrlhf['mean']:.6g}, std 1) and gives scpo's rewards exactly. Or use `scpo serve`'s `/get_reward`.")
+        else:
+            lines.append("* OpenRLHF's value-head loader does not fit this score layer; use `scpo serve`'s `/get_reward` "
+                         "(`--remote_rm_url`).")
+    if effect is None and pair:
+        lines += ["", "What TRL's input costs was measured on the synthetic default (packaged MiniLM encoder, `group-c`'s "
+                  "90 test pairs): 62.2% pairwise accuracy in scpo's input, 65.6% as RewardTrainer builds it, 63.3% as "
+                  "GRPOTrainer feeds it, Pearson r 0.984 / 0.987 with scpo's rewards (scpo's `docs/interop.md`). For "
+                  "this model, measure it on your pairs: `scpo.export.input_format_effect`, or `export_checkpoint(..., "
+                  "eval_pairs=(prompts, chosen, rejected))` to put the table here."]
+    if effect:
+        lines += ["", f"Measured on {effect['scpo']['pairs']} held-out preference pairs "
+                  "(`scpo.export.input_format_effect`):", "",
+                  "| input | pairwise accuracy | Pearson r with scpo's rewards |", "|---|---|---|"]
+        names = {"scpo": "scpo's own (as `scpo score` / `scpo serve`)", "trl_reward_trainer": "TRL RewardTrainer (string data)",
+                 "trl_grpo": "TRL GRPOTrainer (string prompts)"}
+        for k, e in effect.items():
+            lines.append(f"| {names.get(k, k)} | {_pct(e['accuracy'])} | {e['pearson_r']:.3f} |")
     if man.get("tau") is not None:
         lines += ["", f"SCPO: τ = {man.get('tau')}, β = {man.get('beta')}, mode `{srm.mode}`, method `{srm.method}`."]
     return "\n".join(lines) + "\n"
