@@ -109,6 +109,33 @@ def test_killed_rerun_with_another_config_leaves_no_old_results(finished, tmp_pa
     assert main(["export", str(run), "--out", str(tmp_path / "exp")]) == 2
 
 
+def test_rerun_with_another_config_sigkilled_in_its_report_leaves_one_run(finished, tmp_path):
+    """The issue's case for real: SIGKILL (``SCPO_KILL_AT=report``, models written, results.json not)
+    of a ``--tau 0.6`` rerun into a finished ``--tau 0.7`` directory. What is left is one run: the new
+    config and models, no results or report of the old one; export takes the models alone."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from scpo.rundir import run_fingerprint
+
+    run, cache = _copy(finished, tmp_path), finished[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "SCPO_KILL_AT": "report"}
+    cmd = [sys.executable, "-m", "scpo", "run", *TINY, "--tau", "0.6", "--output-dir", str(run), "--cache-dir", str(cache)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    for name in ("results.json", "report.md", "full_report.json", "partial_report.json", "edited_ratios.json"):
+        assert not (run / name).exists(), name
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["select"]["tau"] == 0.6
+    assert json.loads((run / "models" / "manifest.json").read_text())["run_fingerprint"] == run_fingerprint(cfg)
+    assert main(["export", str(run), "--out", str(tmp_path / "exp")]) == 0
+    assert "accuracy" not in json.loads((tmp_path / "exp" / "manifest.json").read_text())  # no old results mixed in
+
+
 def test_rerun_with_the_same_config_keeps_the_finished_results(finished, tmp_path, monkeypatch):
     import scpo.pipeline
 
