@@ -7,6 +7,10 @@
   writes into its directory; a second run into the same directory fails at once with
   :class:`~scpo.errors.RunLockedError` (exit 2 on the CLI). The kernel drops the lock when the
   holder dies, even by SIGKILL, so a killed run never leaves a stale lock behind.
+* **One commit point** (:func:`run_fingerprint`, :func:`invalidate_other_run`): ``results.json``,
+  written last, marks a finished run of exactly the config it stores the fingerprint of; a run
+  into a directory holding another config's results removes them (through a trash folder,
+  ``results.json`` first) before it writes anything.
 * **The work log** (:func:`log_work`, :func:`work_summary`): ``RUN_DIR/work.jsonl``, one line per
   unit of work (a scoring forward pass, a training step, an evaluation forward pass, a job skipped
   or resumed) written by the process that holds the run lock. It survives a SIGKILL, so the work
