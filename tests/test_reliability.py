@@ -317,6 +317,12 @@ def test_same_config_and_seed_give_identical_numbers_head_mode(tmp_path):
     assert s1.keep.tobytes() == s2.keep.tobytes() and s1.weights.tobytes() == s2.weights.tobytes()
     assert 0 < s1.n_kept < len(s1.keep)  # a non-trivial kept set
     assert h1.keys() == h2.keys() and all(h1[k].numpy().tobytes() == h2[k].numpy().tobytes() for k in h1)
+    # the files too, byte for byte (issue 15: safetensors wrote its metadata in hash-map order)
+    from scpo.artifact import models_fingerprint
+
+    m1, m2 = tmp_path / "run0" / "models", tmp_path / "run1" / "models"
+    assert (m1 / "heads.safetensors").read_bytes() == (m2 / "heads.safetensors").read_bytes()
+    assert models_fingerprint(m1) == models_fingerprint(m2)
     for key in ("selection", "grid", "metrics", "summary", "global_model"):
         assert json.dumps(r1[key], sort_keys=True) == json.dumps(r2[key], sort_keys=True), key
     # each run records the versions and the data file's hash

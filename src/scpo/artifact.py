@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from .errors import InputError, ScpoError
 from .hashing import files_fingerprint
@@ -70,6 +70,7 @@ __all__ = [
     "resolve_artifact",
     "run_info",
     "run_root",
+    "safetensors_bytes",
     "save_models",
 ]
 
@@ -277,53 +278,81 @@ def save_models(run_dir: Path, exp: Experiment, models: dict, results: dict[str,
     mdir = run_dir / "models"
     tmp = run_dir / ".models.tmp"
     rmtree_inside(tmp, run_dir)
-    (tmp / "global").mkdir(parents=True)
-    exp.rm.model.save_pretrained(tmp / "global")
-    exp.rm.tokenizer.save_pretrained(tmp / "global")
-    if results["mode"] == "head":
-        seed = results["seeds"][0]
-        heads = {}
-        for (g, m, s), w in models.items():
-            if s == seed and m != "global":
-                heads[f"{g}/{m}"] = torch.as_tensor(np.asarray(w, dtype=np.float32)).contiguous()
-        save_file(heads, str(tmp / "heads.safetensors"), metadata={"seed": str(seed), "bias": str(float(exp.rm.head_params()[1]))})
-    else:
-        for name, path in models.items():
-            if not is_inside(tmp / name, tmp) or not is_inside(path, run_dir):
-                raise ScpoError(f"{run_dir}: refusing to save model {name!r} from {path}: outside the run directory")
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            # hard links (a copy across file systems): the job records keep pointing at real files
-            shutil.copytree(str(path), str(tmp / name), copy_function=_link_or_copy)
-    # a reference set of texts on which serving centres and scales every model's rewards
-    rng = np.random.default_rng(0)
-    n = len(exp.text_index)
-    pick = np.sort(rng.choice(n, size=min(512, n), replace=False))
-    with open(tmp / "reference.jsonl", "w", encoding="utf-8") as f:
-        for prompt, response in zip(*exp.texts(pick)):
-            f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
-    calibration = None
-    if results["mode"] == "head":
-        # the reference texts' features are in memory: store the serving calibration now
-        feats = exp.features[pick].astype(np.float64)
-        bias = float(exp.rm.head_params()[1])
-        raw = {"global": feats @ exp.rm.head_params()[0].numpy().astype(np.float64) + bias}
-        for key, w in heads.items():
-            raw[key] = feats @ w.numpy().astype(np.float64) + bias
-        calibration = raw
-    manifest = {
-        "mode": results["mode"], "groups": results["data"]["groups"], "methods": results["methods"],
-        "score_layer": exp.rm.score_layer_name, "formatter": exp.rm.formatter.to_dict(),
-        "global_model": results["global_model"],
-    }
-    if results["mode"] != "head":  # each group's folder, named by its safe encoding, never by the raw name
-        sub = MODE_FOLDERS[results["mode"]]
-        manifest["paths"] = {g: f"{sub}/{path_component(g)}" for g in results["data"]["groups"]
-                             if f"{sub}/{path_component(g)}" in models}
-    if calibration is not None:
-        manifest["calibration"] = calibration_entry(calibration, tmp)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    rmtree_inside(mdir, run_dir)
-    tmp.rename(mdir)
+    try:
+        (tmp / "global").mkdir(parents=True)
+        exp.rm.model.save_pretrained(tmp / "global")
+        exp.rm.tokenizer.save_pretrained(tmp / "global")
+        if results["mode"] == "head":
+            seed = results["seeds"][0]
+            heads = {}
+            for (g, m, s), w in models.items():
+                if s == seed and m != "global":
+                    heads[f"{g}/{m}"] = torch.as_tensor(np.asarray(w, dtype=np.float32)).contiguous()
+            (tmp / "heads.safetensors").write_bytes(
+                safetensors_bytes(heads, {"seed": str(seed), "bias": str(float(exp.rm.head_params()[1]))}))
+        else:
+            for name, path in models.items():
+                if not is_inside(tmp / name, tmp) or not is_inside(path, run_dir):
+                    raise ScpoError(f"{run_dir}: refusing to save model {name!r} from {path}: outside the run directory")
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                # hard links (a copy across file systems): the job records keep pointing at real files
+                shutil.copytree(str(path), str(tmp / name), copy_function=_link_or_copy)
+        # a reference set of texts on which serving centres and scales every model's rewards
+        rng = np.random.default_rng(0)
+        n = len(exp.text_index)
+        pick = np.sort(rng.choice(n, size=min(512, n), replace=False))
+        with open(tmp / "reference.jsonl", "w", encoding="utf-8") as f:
+            for prompt, response in zip(*exp.texts(pick)):
+                f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
+        calibration = None
+        if results["mode"] == "head":
+            # the reference texts' features are in memory: store the serving calibration now
+            feats = exp.features[pick].astype(np.float64)
+            bias = float(exp.rm.head_params()[1])
+            raw = {"global": feats @ exp.rm.head_params()[0].numpy().astype(np.float64) + bias}
+            for key, w in heads.items():
+                raw[key] = feats @ w.numpy().astype(np.float64) + bias
+            calibration = raw
+        manifest = {
+            "mode": results["mode"], "groups": results["data"]["groups"], "methods": results["methods"],
+            "score_layer": exp.rm.score_layer_name, "formatter": exp.rm.formatter.to_dict(),
+            "global_model": results["global_model"], "run_fingerprint": results.get("run_fingerprint"),
+        }
+        if results["mode"] != "head":  # each group's folder, named by its safe encoding, never by the raw name
+            sub = MODE_FOLDERS[results["mode"]]
+            manifest["paths"] = {g: f"{sub}/{path_component(g)}" for g in results["data"]["groups"]
+                                 if f"{sub}/{path_component(g)}" in models}
+        if calibration is not None:
+            manifest["calibration"] = calibration_entry(calibration, tmp)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        rmtree_inside(mdir, run_dir)
+        tmp.rename(mdir)
+    except BaseException:  # a full disk, a kill by exception: no half-written .models.tmp/ stays behind
+        rmtree_inside(tmp, run_dir)
+        raise
+
+
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """A safetensors file of ``tensors`` with the same bytes for the same input, every time.
+
+    ``safetensors.torch.save_file`` writes the metadata in hash-map order, which changes from one
+    process to the next; here the header is JSON with sorted keys (metadata and tensors), the tensors
+    follow in name order, little-endian, and the header is padded with spaces to 8 bytes, as the
+    format asks. ``safetensors`` reads it like any other.
+    """
+    dtypes = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16"}
+    header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        arr = t.numpy()
+        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
 def _link_or_copy(src: str, dst: str) -> str:

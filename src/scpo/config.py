@@ -150,7 +150,17 @@ class DataConfig:
             )
         if not 0.0 <= self.min_share_gap < 1.0:
             raise ConfigError(f"--min-share-gap must be in [0, 1), got {self.min_share_gap}")
+        for name in ("split_seed", "synthetic_seed"):  # numpy's generators take no negative seed
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 0, got {short(v)}")
+        if self.synthetic_preset not in SYNTHETIC_PRESETS:
+            raise ConfigError(f"--synthetic-preset must be one of {', '.join(SYNTHETIC_PRESETS)}, "
+                              f"got {short(self.synthetic_preset)}")
 
+
+SYNTHETIC_PRESETS = ("default", "no-outliers", "no-deviation", "tiny")
+"""The presets of :data:`scpo.load.synthetic.PRESETS` (config sits below the loaders; a test keeps them equal)."""
 
 _NULL_WORDS = ("none", "null", "~")
 

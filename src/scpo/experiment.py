@@ -27,6 +27,7 @@ from .heads import HeadJob, train_heads
 from .load import (
     PairRows,
     PreferenceData,
+    check_global_pairs,
     check_pairs,
     column_strings,
     distinct_strings,
@@ -274,6 +275,7 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     _warn_groups_without_pairs(data)
     groups = resolve_groups(data)
     pairs, glob_pairs, global_source = split_data(cfg, data)
+    check_global_pairs(cfg, glob_pairs, global_source)
     parts = _experiment_parts(data, groups, pairs, glob_pairs, global_source)
     group = np.concatenate([column_strings(tab.column("group"), pr.rows) for pr, tab in parts])
     split = np.concatenate([column_strings(tab.column("split"), pr.rows) for pr, tab in parts])

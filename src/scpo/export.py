@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from .artifact import ARTIFACT_VERSION, GLOBAL, MODE_FOLDERS, group_dir, read_json, resolve_artifact, run_info, run_root
@@ -29,10 +32,11 @@ from .errors import ScpoError
 from .forward import score_module
 from .model import find_score_layer
 from .names import path_component
-from .rundir import atomic_write_json, atomic_write_text
+from .rundir import atomic_write_json, atomic_write_text, run_fingerprint
 from .steer import GroupSpec, SteerableRewardModel, describe_steering
 
-__all__ = ["export_artifact", "export_checkpoint", "group_card", "input_format_effect", "reward_function", "trl_inputs"]
+__all__ = ["check_parts_agree", "export_artifact", "export_checkpoint", "group_card", "input_format_effect",
+           "reward_function", "trl_inputs"]
 
 
 def _affine_score_layer(model: nn.Module, name: str | None, weight: np.ndarray, bias: float) -> float:
@@ -438,18 +442,17 @@ def export_artifact(run_dir: str | Path, out_dir: str | Path | None = None, *, s
     """
     src = resolve_artifact(run_dir)
     root = run_root(run_dir, src)
+    if root is not None:
+        check_parts_agree(src, root)
     if out_dir is not None:
         target = Path(out_dir)
+        if (target.exists() or target.is_symlink()) and not target.is_dir():
+            raise ScpoError(f"--out {target}: exists and is not a directory")
         if target.resolve() != src.resolve():
             if target.exists() and any(target.iterdir()):
                 raise ScpoError(f"{target}: exists and is not empty")
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp)
-            if target.exists():
-                target.rmdir()
-            tmp.rename(target)
+            _copy_into_place(src, target)
     else:
         target = src
     manifest = read_json(target / "manifest.json")
@@ -473,6 +476,54 @@ def export_artifact(run_dir: str | Path, out_dir: str | Path | None = None, *, s
     atomic_write_json(target / "manifest.json", manifest)
     atomic_write_text(target / "README.md", _artifact_card(manifest, srm))
     return target
+
+
+def check_parts_agree(models_dir: Path, run_dir: Path) -> None:
+    """Refuse an artifact whose parts come from different runs: the ``run_fingerprint`` of the
+    models' manifest, of ``results.json`` and of the config in ``config.yaml`` must be one.
+
+    A run of another config into the same directory invalidates the old results before it writes
+    (:func:`scpo.rundir.invalidate_other_run`), so parts that disagree mean a copy assembled by hand
+    or a directory written by an scpo before the fingerprint; artifacts where no part has one are
+    let through unchecked.
+    """
+    parts: dict[str, str | None] = {}
+    manifest = read_json(models_dir / "manifest.json")
+    parts[f"{models_dir / 'manifest.json'}"] = manifest.get("run_fingerprint") if isinstance(manifest, dict) else None
+    res = read_json(run_dir / "results.json")
+    parts[f"{run_dir / 'results.json'}"] = res.get("run_fingerprint") if isinstance(res, dict) else None
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ScpoError(f"cannot read {cfg_path}: {e}".splitlines()[0]) from None
+        parts[str(cfg_path)] = run_fingerprint(cfg) if isinstance(cfg, dict) else "unreadable"
+    else:
+        parts[str(cfg_path)] = None
+    stored = [parts[k] for k in list(parts)[:2]]
+    if all(v is None for v in stored):
+        return  # written before run fingerprints: nothing to compare
+    if len(set(parts.values())) > 1:
+        raise ScpoError(f"{run_dir}: the artifact's parts come from different runs, refusing to export them together: "
+                        + "; ".join(f"{k} is run {v or 'unknown (none stored)'}" for k, v in parts.items()))
+
+
+def _copy_into_place(src: Path, target: Path) -> None:
+    """Copy ``src`` to ``target`` through a temporary folder of this call's own (unique name, in
+    ``target``'s folder), renamed into place; nothing that was there before is deleted."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if target.exists():
+            target.rmdir()  # empty: checked by the caller
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _artifact_card(manifest: dict[str, Any], srm: SteerableRewardModel) -> str:

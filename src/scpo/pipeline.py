@@ -10,12 +10,14 @@ Read :func:`run` top to bottom: each step is one call into the module named afte
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from .config import RunConfig
 from .evaluate import Evaluator, SplitMargins, evaluate_splits
@@ -23,11 +25,13 @@ from .experiment import Experiment, FitResult, group_sets, prepare, selection_su
 from .fitting import fit
 from .parallel import is_main_process
 from .report import write_run
-from .rundir import RunLock, work_summary
+from .rundir import RunLock, check_directory, invalidate_other_run, run_fingerprint, work_summary
 from .studies.curves import curve_tables, fit_curves
 from .studies.sweep import run_sweep
 
 __all__ = ["evaluate_margins", "pooled_scope", "run", "summarize"]
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate_margins(exp: Experiment, splits: list[SplitMargins], seeds: list[int]) -> tuple[dict[str, Any], Evaluator]:
@@ -92,8 +96,14 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
     t0 = time.time()
     main_process = is_main_process()  # under accelerate launch, rank 0 writes
     tc, st = cfg.train, cfg.studies
+    check_directory(cfg.model.cache_dir, "--cache-dir")
+    fingerprint = run_fingerprint(yaml.safe_load(cfg.to_yaml()))  # exactly what config.yaml will hold
     with RunLock(out_dir) if main_process else contextlib.nullcontext():
-        # setup
+        # setup: the directory's one commit point is results.json; another config's results go first
+        if main_process:
+            gone = invalidate_other_run(out_dir, fingerprint)
+            if gone:
+                logger.warning("%s held the finished results of another config: removed %s", out_dir, ", ".join(gone))
         methods, seeds = list(dict.fromkeys(tc.methods)), list(dict.fromkeys(tc.seeds))
         split_seeds = list(dict.fromkeys(st.split_seeds)) or [cfg.data.split_seed]
         if exp is not None:
@@ -144,6 +154,7 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         ev, evaluator = evaluate_margins(exp, [s.margins for s in splits], seeds)
         results = {
             "scpo_results_version": 2,
+            "run_fingerprint": fingerprint,
             "synthetic_data": exp.data.synthetic,
             "data": {
                 "name": exp.data.name, "split_unit": exp.data.split_unit, "groups": exp.groups,
@@ -174,6 +185,6 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         results["wall_time_s"] = time.time() - t0
         # report
         if main_process:
-            results["work"] = work_summary(out_dir)
+            results["work"] = work_summary(out_dir, finishing=True)
             write_run(out_dir, cfg, results, exp=exp, models=primary.fit.models)
     return results

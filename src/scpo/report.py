@@ -18,7 +18,6 @@ report, plots and reference files from ``results.json`` alone (:func:`rebuild`).
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from pathlib import Path
@@ -30,8 +29,9 @@ import torch
 import transformers
 
 from . import __version__
-from .artifact import save_models
+from .artifact import read_json, save_models
 from .config import RunConfig
+from .errors import ScpoError
 from .instrument import point
 from .plots import make_plots
 from .report_md import as_float, build_report
@@ -115,11 +115,26 @@ def write_run(run_dir: str | Path, cfg: RunConfig, results: dict[str, Any], exp:
 
 
 def rebuild(run_dir: str | Path) -> Path:
-    """``scpo report RUN_DIR``: rebuild report and plots from results.json, training nothing."""
+    """``scpo report RUN_DIR``: rebuild report and plots from results.json, training nothing.
+
+    A ``results.json`` that is not valid JSON, or not a results file (a truncated copy, another
+    file's content), is a :class:`~scpo.errors.ScpoError` naming it; the report and reference files
+    are built in memory before anything is written.
+    """
     run_dir = Path(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
-    results["plots"] = make_plots(run_dir, results)
-    for name, obj in reference_files(results).items():
+    path = run_dir / "results.json"
+    results = read_json(path)
+    try:
+        if not isinstance(results, dict):
+            raise TypeError(f"expected a JSON object, got {type(results).__name__}")
+        refs = reference_files(results)
+        build_report(results)  # every table builds before a plot or file is written
+        results["plots"] = make_plots(run_dir, results)
+        report = build_report(results)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        what = f"missing {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ScpoError(f"{path}: not a results file of a finished scpo run ({what})".splitlines()[0]) from None
+    for name, obj in refs.items():
         atomic_write_json(run_dir / name, obj)
-    atomic_write_text(run_dir / "report.md", build_report(results))
+    atomic_write_text(run_dir / "report.md", report)
     return run_dir / "report.md"

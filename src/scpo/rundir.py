@@ -7,6 +7,10 @@
   writes into its directory; a second run into the same directory fails at once with
   :class:`~scpo.errors.RunLockedError` (exit 2 on the CLI). The kernel drops the lock when the
   holder dies, even by SIGKILL, so a killed run never leaves a stale lock behind.
+* **One commit point** (:func:`run_fingerprint`, :func:`invalidate_other_run`): ``results.json``,
+  written last, marks a finished run of exactly the config it stores the fingerprint of; a run
+  into a directory holding another config's results removes them (through a trash folder,
+  ``results.json`` first) before it writes anything.
 * **The work log** (:func:`log_work`, :func:`work_summary`): ``RUN_DIR/work.jsonl``, one line per
   unit of work (a scoring forward pass, a training step, an evaluation forward pass, a job skipped
   or resumed) written by the process that holds the run lock. It survives a SIGKILL, so the work
@@ -17,16 +21,21 @@ Test-only kill points live in :mod:`scpo.instrument`.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import json
 import os
+import shutil
+import stat
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import RunLockedError
+from .errors import RunLockedError, ScpoError
 
 __all__ = [
     "RunLock",
@@ -34,14 +43,25 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_directory",
+    "invalidate_other_run",
     "log_work",
     "read_work",
     "remove_stale_temporaries",
+    "run_fingerprint",
     "work_summary",
 ]
 
 WORK_LOG = "work.jsonl"
 """File name of the work log inside a run directory."""
+
+RUN_OUTPUTS = ("results.json", "report.md", "full_report.json", "partial_report.json", "edited_ratios.json",
+               "plots", "models", "config.yaml")
+"""What a finished run leaves in its directory and a run of another config invalidates (``results.json``
+first: it is the commit point). Job records and checkpoints carry their own fingerprints and stay."""
+
+WHERE_NOT_WHAT = {("output", "output_dir"), ("model", "cache_dir"), ("model", "score_batch_size"), ("model", "device")}
+"""Config fields that say where or how fast a run computes, not what: left out of :func:`run_fingerprint`."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +136,78 @@ def _alive(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# one commit point per run directory
+
+
+def run_fingerprint(config: Mapping[str, Any]) -> str:
+    """sha256 (16 hex digits) of a resolved config's sections (``RunConfig.to_dict()`` or the
+    ``config.yaml`` it wrote), without the fields that say only where or how fast (:data:`WHERE_NOT_WHAT`).
+
+    ``results.json`` and ``models/manifest.json`` store it as ``run_fingerprint``; a run into a
+    directory whose results carry another one invalidates them (:func:`invalidate_other_run`), and
+    ``scpo export`` refuses an artifact whose parts disagree.
+    """
+    what = {sec: {k: v for k, v in (vals.items() if isinstance(vals, Mapping) else ()) if (sec, k) not in WHERE_NOT_WHAT}
+            for sec, vals in config.items()}
+    text = json.dumps(what, sort_keys=True, default=str, allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _stored_fingerprint(results_path: Path) -> str | None:
+    try:
+        res = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fp = res.get("run_fingerprint") if isinstance(res, dict) else None
+    return fp if isinstance(fp, str) else None
+
+
+def invalidate_other_run(run_dir: str | Path, fingerprint: str) -> list[str]:
+    """Remove the finished results of another config from ``run_dir`` before a run writes anything.
+
+    When ``results.json`` is there and its ``run_fingerprint`` is not ``fingerprint`` (or it has
+    none, or cannot be read), every file of :data:`RUN_OUTPUTS` is renamed into a trash folder inside
+    the run directory -- ``results.json`` first, so the directory stops claiming a finished run in one
+    rename -- and the trash is deleted. A trash folder left by a killed earlier attempt is deleted
+    too. Returns the names invalidated (empty when the results are this config's or there are none).
+    """
+    run_dir = Path(run_dir)
+    for old in run_dir.glob(".trash-*"):
+        _remove(old)
+    results = run_dir / "results.json"
+    if not (results.exists() or results.is_symlink()) or _stored_fingerprint(results) == fingerprint:
+        return []
+    trash = run_dir / f".trash-{os.getpid()}-{time.time_ns()}"
+    trash.mkdir()
+    moved = []
+    for name in RUN_OUTPUTS:
+        p = run_dir / name
+        if p.exists() or p.is_symlink():
+            os.replace(p, trash / name)
+            moved.append(name)
+    _remove(trash)
+    return moved
+
+
+def _remove(p: Path) -> None:
+    if p.is_symlink() or not p.is_dir():
+        p.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def check_directory(path: str | Path, flag: str) -> None:
+    """Refuse a directory option that names something other than a directory (or lies below a file)."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                what = "" if q == p else f" ({q} is not a directory)"
+                raise ScpoError(f"{flag} {path}: exists and is not a directory{what}")
+            break
+
+
+# ---------------------------------------------------------------------------------------------
 # the run lock and the work log
 
 _ACTIVE: dict[str, Any] = {"run_dir": None, "attempt": None}
@@ -131,15 +223,45 @@ class RunLock:
 
     While held, :func:`log_work` appends to the directory's work log; entering logs the start of
     an attempt and a clean exit its end (an attempt without an end was interrupted).
+
+    ``.lock`` and ``work.jsonl`` are never written through a symbolic link: a link in their place is
+    replaced by a file (the link's target is left alone); anything else that is not a regular file
+    is refused. When the run fails and the lock created the directory, which then holds nothing but
+    the lock and the work log, the directory (and every parent the lock created) is removed again:
+    a run that failed before writing anything leaves nothing behind.
     """
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / ".lock"
         self._fh = None
+        self._created: Path | None = None
+
+    def _open(self) -> Any:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, flags, 0o644)
+            except OSError as e:
+                if e.errno == errno.ELOOP and self.path.is_symlink():
+                    self.path.unlink()  # the link goes, its target is never touched
+                    continue
+                raise ScpoError(f"{self.path}: cannot open the run lock: {e.strerror}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise ScpoError(f"{self.path}: the run lock is not a regular file; remove it")
+            return os.fdopen(fd, "r+")
+        raise ScpoError(f"{self.path}: cannot replace the symbolic link of the run lock")
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
+        run_dir = self.path.parent
+        check_directory(run_dir, "--output-dir")
+        missing = [q for q in (run_dir, *run_dir.parents) if not (q.exists() or q.is_symlink())]
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ScpoError(f"--output-dir {run_dir}: cannot create it: {e.strerror}") from None
+        self._created = missing[-1] if missing else None
+        self._fh = self._open()
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -159,6 +281,9 @@ class RunLock:
         self._fh.truncate()
         self._fh.write(str(os.getpid()))
         self._fh.flush()
+        log = run_dir / WORK_LOG
+        if log.is_symlink():
+            log.unlink()  # never append through a link
         _ACTIVE["run_dir"] = self.path.parent
         _ACTIVE["attempt"] = f"{os.getpid()}-{time.time_ns()}"
         log_work("start")
@@ -171,6 +296,24 @@ class RunLock:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+            if exc_type is not None and self._created is not None:
+                self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """After a failed run: remove the directory this lock created if it holds only the lock and the log."""
+        run_dir = self.path.parent
+        try:
+            if {p.name for p in run_dir.iterdir()} - {".lock", WORK_LOG}:
+                return
+            for name in (".lock", WORK_LOG):
+                (run_dir / name).unlink(missing_ok=True)
+            top = self._created
+            for q in (run_dir, *run_dir.parents):
+                q.rmdir()  # fails (and stops) on anything not empty
+                if q == top:
+                    break
+        except OSError:
+            pass
 
 
 def log_work(kind: str, n: int = 1, **extra: Any) -> None:
@@ -206,11 +349,13 @@ def read_work(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def work_summary(run_dir: str | Path) -> list[dict[str, Any]]:
+def work_summary(run_dir: str | Path, *, finishing: bool = False) -> list[dict[str, Any]]:
     """Per attempt, in order: ``{"attempt", "pid", "finished", "counts": {kind: total}, "jobs": {...}}``.
 
     ``finished`` is False for an attempt that was killed (no ``end`` record). ``jobs`` maps each
     job key to what the attempt did with it (``skipped``, ``resumed`` with its step, ``trained``).
+    ``finishing``: the summary goes into this attempt's own ``results.json``, written as its last
+    step (before its ``end`` record), so the attempt holding the lock counts as finished.
     """
     attempts: dict[str, dict[str, Any]] = {}
     for rec in read_work(run_dir):
@@ -227,4 +372,7 @@ def work_summary(run_dir: str | Path) -> list[dict[str, Any]]:
             a["jobs"][rec.get("job")] = {k: v for k, v in rec.items() if k not in ("attempt", "pid", "n", "job")}
         else:
             a["counts"][kind] = a["counts"].get(kind, 0) + int(rec.get("n", 0))
+    if finishing and _ACTIVE["attempt"] in attempts and _ACTIVE["run_dir"] is not None \
+            and Path(_ACTIVE["run_dir"]).resolve() == Path(run_dir).resolve():
+        attempts[_ACTIVE["attempt"]]["finished"] = True
     return list(attempts.values())

@@ -272,8 +272,13 @@ class FeatureCache:
         shard = self.dir / f"shard-{digest[:24]}.npz"
         if not shard.exists():
             self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(shard.with_suffix(".sha256"), digest.encode())
-            atomic_write_bytes(shard, data)
+            sig = shard.with_suffix(".sha256")
+            atomic_write_bytes(sig, digest.encode())
+            try:
+                atomic_write_bytes(shard, data)
+            except BaseException:  # a full disk: no checksum file without its shard
+                sig.unlink(missing_ok=True)
+                raise
         self._add(key_array, feats)
 
 

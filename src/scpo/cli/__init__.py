@@ -13,6 +13,7 @@ refuses abbreviated options (``--learning-rate`` is not ``--learning-rates``).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -27,6 +28,11 @@ __all__ = ["build_parser", "main"]
 
 MAX_ERROR_CHARS = 2000
 """An error line is cut here (it names file, row and field long before)."""
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                       errno.EISDIR, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.EFBIG}
+"""A file system that refuses a write (a full disk, a read-only mount, a permission): one line and
+exit 2, like bad input; any other ``OSError`` is a bug and keeps its traceback."""
 
 COMMANDS: dict[str, Command] = {**runs.COMMANDS, **models.COMMANDS, **serving.COMMANDS}
 """name -> (help, add_arguments, handler)."""
@@ -58,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(message) > MAX_ERROR_CHARS:  # whatever a message echoes, the line stays readable
             message = message[:MAX_ERROR_CHARS] + f"... ({len(message):,} characters)"
         print(f"scpo: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"scpo: error: {where}{e.strerror or errno.errorcode.get(e.errno, e)}"[:MAX_ERROR_CHARS], file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scpo: interrupted", file=sys.stderr)

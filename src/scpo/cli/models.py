@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import ScpoError
@@ -70,6 +71,8 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     quiet_transformers()
+    if args.out and (Path(args.out).exists() or Path(args.out).is_symlink()) and not Path(args.out).is_dir():
+        raise ScpoError(f"--out {args.out}: exists and is not a directory")
     if args.group is None:
         path = export_artifact(args.run_dir, args.out, scale=not args.no_scale, method=args.method, device=args.device)
         print(path)

@@ -137,7 +137,7 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    if not (Path(args.run_dir) / "results.json").exists():
+    if not (Path(args.run_dir) / "results.json").is_file():
         raise ScpoError(f"{args.run_dir}: no results.json (not a finished run directory)")
     print(rebuild(args.run_dir))
     return 0

@@ -26,7 +26,7 @@ from .countries import resolve_groups
 from .files import load_pairs, load_ratings
 from .goqa import load_goqa
 from .prism import load_prism
-from .splits import add_split_column, assign_splits, kfold_keys, rows_in_split, split_data
+from .splits import add_split_column, assign_splits, check_global_pairs, kfold_keys, rows_in_split, split_data
 from .synthetic import generate
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "PreferenceData",
     "add_split_column",
     "assign_splits",
+    "check_global_pairs",
     "check_pairs",
     "column_strings",
     "dictionary_codes",

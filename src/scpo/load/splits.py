@@ -19,7 +19,8 @@ from ..config import PACKAGED_MODEL, RunConfig
 from ..errors import InputError
 from .base import PairRows, PreferenceData, dictionary_codes, distinct_strings, pair_table
 
-__all__ = ["SplitData", "add_split_column", "assign_splits", "kfold_keys", "rows_in_split", "split_data"]
+__all__ = ["SplitData", "add_split_column", "assign_splits", "check_global_pairs", "kfold_keys", "rows_in_split",
+           "split_data"]
 
 
 def assign_splits(
@@ -120,6 +121,22 @@ def split_data(cfg: RunConfig, data: PreferenceData) -> SplitData:
         gp = add_split_column(data.global_pairs, assignment)
         glob_pairs = PairRows(gp, rows_in_split(gp, "train"))
     return SplitData(pairs, glob_pairs, global_source)
+
+
+def check_global_pairs(cfg: RunConfig, glob_pairs: PairRows | None, global_source: str) -> None:
+    """Refuse a split that leaves the packaged global model without a training pair (an ``InputError``
+    naming the flags that decide it, never an ``IndexError`` in the head training)."""
+    if cfg.model.global_model != PACKAGED_MODEL or glob_pairs is None or len(glob_pairs.rows) > 0:
+        return
+    if global_source == "holdout":
+        raise InputError(
+            f"the split leaves no held-apart pair to train the global model (--global-fraction "
+            f"{cfg.data.global_fraction}, --test-fraction {cfg.data.test_fraction if cfg.data.test_fraction is not None else 'default'}, "
+            "too few split keys): lower --test-fraction, raise --global-fraction, or give more data",
+            field="global_fraction")
+    raise InputError("the population groups have no pair on train split keys to train the global model "
+                     "(--population-groups): name other population groups or lower --test-fraction",
+                     field="population_groups")
 
 
 def rows_in_split(pairs: Any, part: str) -> np.ndarray:
