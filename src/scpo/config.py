@@ -272,6 +272,11 @@ class TrainConfig:
         "newton head solver: grid of the pull towards the global layer (standardised features; 0 = no pull)",
         default_factory=lambda: [100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 0.0],
     )
+    head_criterion: str = _help(
+        "newton head solver: how the validation folds choose the pull: log_loss (lowest mean validation "
+        "Bradley-Terry log-loss) or accuracy (highest mean validation accuracy); ties go to the larger pull",
+        default="log_loss",
+    )
     global_learning_rate: float = _help("learning rate of the offline global model's head", default=3e-3)
     global_steps: int = _help("training steps of the offline global model's head", default=1500)
     def __post_init__(self) -> None:
@@ -293,6 +298,8 @@ class TrainConfig:
             raise ConfigError(f"--head-solver must be adam or newton, got {self.head_solver!r}")
         if not self.head_pulls or any(not 0 <= p < math.inf for p in self.head_pulls):
             raise ConfigError(f"--head-pulls must be finite values >= 0, got {short(self.head_pulls)}")
+        if self.head_criterion not in ("log_loss", "accuracy"):
+            raise ConfigError(f"--head-criterion must be log_loss or accuracy, got {self.head_criterion!r}")
         if any(not 0 <= p < math.inf for p in self.pulls):
             raise ConfigError(f"--pulls must be finite and >= 0, got {short(self.pulls)}")
         if any(s < 0 for s in self.seeds):

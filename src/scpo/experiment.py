@@ -22,7 +22,7 @@ import torch
 from .config import PACKAGED_MODEL, RunConfig
 from .errors import DataWarning, InputError
 from .evaluate import SplitMargins, accuracy
-from .grid import GridSpec, choose, folds
+from .grid import folds
 from .heads import HeadJob, train_heads
 from .load import (
     PairRows,
@@ -38,7 +38,7 @@ from .load import (
 from .model import RewardModel, load_reward_model
 from .score import FeatureCache, TextIndex, distinct_texts, encode_features
 from .selection import preference_probability, select_pairs
-from .solver import HeadProblem, feature_scale, solve_heads, validation_metrics
+from .solver import HeadProblem, choose_pull, feature_scale, solve_heads, validation_metrics
 
 log = logging.getLogger("scpo")
 
@@ -241,16 +241,19 @@ def _solve_global_layer(gd: torch.Tensor, keys: np.ndarray, cfg: RunConfig) -> t
     fold_list = folds(rows, keys, k, seed=cfg.data.split_seed)
     problems = [HeadProblem(fit, np.ones(len(fit))) for fit, _ in fold_list]
     sol = solve_heads(gd, problems, pulls, scale=scale)
-    acc, _ = validation_metrics(gd, [val for _, val in fold_list], sol.theta)  # [folds, pulls]
-    spec = GridSpec(tuple((float("nan"), p) for p in pulls), (0,), k)
-    c = choose(spec, acc[:, :, None])
-    final = solve_heads(gd, [HeadProblem(rows, np.ones(len(rows)))], [c.pull], scale=scale)[0, 0]
-    edge = ("largest" if c.pull == pulls[0] else "smallest" if c.pull == pulls[-1] else None) if len(pulls) > 1 else None
-    if edge:
-        warnings.warn(f"the global score layer's pull {c.pull:g} sits at the {edge} edge of --head-pulls {list(pulls)}",
-                      stacklevel=3)
+    acc, nll = validation_metrics(gd, [val for _, val in fold_list], sol.theta)  # [folds, pulls]
+    criterion = cfg.train.head_criterion
+    pick = choose_pull(nll if criterion == "log_loss" else acc, pulls, criterion)
+    final = solve_heads(gd, [HeadProblem(rows, np.ones(len(rows)))], [pick.pull], scale=scale)[0, 0]
+    if pick.edge:
+        warnings.warn(f"the global score layer's pull {pick.pull:g} sits at the {pick.edge} edge of --head-pulls "
+                      f"{list(pulls)}: widen the grid", stacklevel=3)
+    mean_acc = np.nanmean(acc, axis=0)
+    mean_nll = np.nanmean(nll, axis=0)
     return final.theta.astype(np.float32), {
-        "solver": "newton", "pull": c.pull, "pull_edge": edge, "val_accuracy": c.val_accuracy, "val_folds": k,
+        "solver": "newton", "criterion": criterion, "pull": pick.pull, "pull_edge": pick.edge,
+        "val_accuracy": float(mean_acc[pick.index]), "val_log_loss": float(mean_nll[pick.index]), "val_folds": k,
+        "pulls": list(pulls), "val_accuracy_grid": mean_acc.tolist(), "val_log_loss_grid": mean_nll.tolist(),
         "solver_loss": final.loss, "solver_grad_norm": final.grad_norm, "solver_iterations": final.iterations,
         "solver_converged": final.converged}
 

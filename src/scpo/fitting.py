@@ -26,9 +26,15 @@ from .grid import Choice, GridSpec, choose, folds
 from .hashing import stream_seed
 from .heads import HeadJob, train_heads, val_accuracy
 from .selection import method_pairs
-from .solver import HeadProblem, feature_scale, solve_heads, validation_metrics
+from .solver import HeadProblem, PullChoice, choose_pull, feature_scale, solve_heads, validation_metrics
 
 __all__ = ["MODES", "fit", "grid_spec", "train_rows_of"]
+
+
+def _fold_means(scores: np.ndarray) -> np.ndarray:
+    """Mean over folds (rows) of ``scores[fold, pull]``, ignoring folds without validation pairs (NaN)."""
+    ok = ~np.isnan(scores)
+    return np.where(ok.any(0), np.where(ok, scores, 0.0).sum(0) / np.maximum(ok.sum(0), 1), np.nan)
 
 MODES = ("head", "full", "lora")
 """What a group model is: a score layer over the frozen encoder, the whole network, or a LoRA adapter."""
@@ -150,14 +156,15 @@ def _fit_heads_newton(exp: Experiment, methods: list[str], seeds: list[int], tau
     """Head mode with ``--head-solver newton``: every score layer solved to convergence (:mod:`scpo.solver`).
 
     The pull towards the global layer is chosen per (group, method, seed) from ``head_pulls`` on the
-    k validation folds (the rule of :mod:`scpo.grid`: mean validation accuracy, ties to the larger
-    pull, the grid being ordered from the largest), then the layer is refit on all training pairs.
+    k validation folds of :mod:`scpo.grid` by ``head_criterion`` (:func:`scpo.solver.choose_pull`:
+    the lowest mean validation log-loss, or the highest mean accuracy; ties to the larger pull),
+    then the layer is refit on all training pairs. A choice at either end of the grid is warned
+    about and listed in ``grid.edge_choices``.
     """
     tc = exp.cfg.train
     diffs = exp.diffs()
     w_global = exp.rm.head_params()[0].numpy().astype(np.float64)
     pulls = tuple(sorted(set(float(p) for p in tc.head_pulls), reverse=True))
-    spec = GridSpec(tuple((float("nan"), p) for p in pulls), (0,), tc.val_folds)
     full_rows = train_rows_of(exp)
     scale = feature_scale(diffs, np.concatenate([r for r in full_rows.values()] + [np.zeros(0, np.int64)]))
     trained = [m for m in methods if m != "global"]
@@ -167,13 +174,15 @@ def _fit_heads_newton(exp: Experiment, methods: list[str], seeds: list[int], tau
         idx, wts = method_pairs(m, exp.delta[rows], tau, beta, rng)
         return HeadProblem(rows[idx], np.asarray(wts, dtype=np.float64), None if m == "scratch" else w_global)
 
-    grid = spec.record()
-    grid["solver"] = "newton"
-    chosen: dict[tuple[str, str, int], Choice] = {}
-    if spec.val_folds > 1 and len(pulls) > 1:
+    criterion = tc.head_criterion
+    grid = {"solver": "newton", "criterion": criterion, "pulls": list(pulls), "val_folds": tc.val_folds,
+            "searched": tc.val_folds > 1 and len(pulls) > 1, "choices": {}}
+    chosen: dict[tuple[str, str, int], PullChoice] = {}
+    scores: dict[tuple[str, str, int], dict[str, Any]] = {}
+    if grid["searched"]:
         problems, vals, keys = [], [], []
         for g in exp.groups:
-            for fi, (fit_rows, val_rows) in enumerate(folds(train_rows[g], exp.split_key[train_rows[g]], spec.val_folds,
+            for fi, (fit_rows, val_rows) in enumerate(folds(train_rows[g], exp.split_key[train_rows[g]], tc.val_folds,
                                                             seed=exp.cfg.data.split_seed)):
                 for m in trained:
                     for seed in seeds:
@@ -181,22 +190,27 @@ def _fit_heads_newton(exp: Experiment, methods: list[str], seeds: list[int], tau
                         vals.append(val_rows)
                         keys.append((g, m, seed, fi))
         sol = solve_heads(diffs, problems, pulls, scale=scale)
-        acc, _ = validation_metrics(diffs, vals, sol.theta)  # [problems, pulls]
+        acc, nll = validation_metrics(diffs, vals, sol.theta)  # [problems, pulls]
         n_folds = 1 + max((k[3] for k in keys), default=0)
-        table: dict[tuple[str, str, int], np.ndarray] = {}
-        for (g, m, seed, fi), a in zip(keys, acc):
-            table.setdefault((g, m, seed), np.full((n_folds, len(pulls), 1), np.nan))[fi, :, 0] = a
-        for key, t in table.items():
-            chosen[key] = choose(spec, t)
+        tables: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
+        for (g, m, seed, fi), a, ll in zip(keys, acc, nll):
+            t = tables.setdefault((g, m, seed), (np.full((n_folds, len(pulls)), np.nan), np.full((n_folds, len(pulls)), np.nan)))
+            t[0][fi], t[1][fi] = a, ll
+        for key, (a, ll) in tables.items():
+            pick = choose_pull(ll if criterion == "log_loss" else a, pulls, criterion)
+            mean_a, mean_ll = _fold_means(a), _fold_means(ll)
+            chosen[key] = pick
+            scores[key] = {"val_accuracy": float(mean_a[pick.index]), "val_log_loss": float(mean_ll[pick.index]),
+                           "val_accuracy_grid": mean_a.tolist(), "val_log_loss_grid": mean_ll.tolist()}
     edges = []
     for g in exp.groups:
         for m in trained:
             for seed in seeds:
-                c = chosen.setdefault((g, m, seed), Choice(float("nan"), pulls[0], 0))
-                rec = c.record()
-                if len(pulls) > 1 and c.pull in (pulls[0], pulls[-1]):
-                    rec["edge"] = "largest" if c.pull == pulls[0] else "smallest"
-                    edges.append(f"{g}/{m}/{seed}: {rec['edge']} pull {c.pull:g}")
+                c = chosen.setdefault((g, m, seed), PullChoice(0, pulls[0], float("nan"), None))
+                rec: dict[str, Any] = {"pull": c.pull, **scores.get((g, m, seed), {})}
+                if c.edge:
+                    rec["edge"] = c.edge
+                    edges.append(f"{g}/{m}/{seed}: {c.edge} pull {c.pull:g}")
                 grid["choices"].setdefault(g, {}).setdefault(m, {})[str(seed)] = rec
     if edges:
         grid["edge_choices"] = edges
