@@ -7,22 +7,20 @@ Loads the real GlobalOpinionQA copy (``--data-path``; default ``../shared/data/g
 global_opinions_partial.csv``) with every country as a group, scores every distinct (question,
 option) once with the packaged encoder (cached under ``--cache-dir``: the first run pays for it,
 later runs do not), trains the global head on the pooled population pairs, then times
-:func:`scpo.fitting.fit` — the grid search on 3 validation folds and the refit of every
-(country, method, seed), all batched into :func:`scpo.heads.train_heads` calls, not a Python loop
-per group. ``--engine both`` (default) times the previous per-job trainer (``bench/_perjob.py``)
-and scpo's ``train_heads`` (the grid cells of a stream share one gather) side by side on
-``--compare-seeds`` seeds, checks they give the same heads, then runs scpo's on all seeds.
-Prints wall times, the number of head trainings and peak memory.
+:func:`scpo.fitting.fit` — the choice on 3 validation folds and the refit of every (country,
+method, seed), batched, not a Python loop per group — with each head solver on the same
+features: ``adam`` (:func:`scpo.heads.train_heads` over the learning-rate x pull x steps grid)
+and ``newton`` (:func:`scpo.solver.solve_heads`, every layer solved to convergence over the pull
+grid). Prints wall times, the speed ratio, the newton refits' convergence and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
 import time
-
-import numpy as np
 
 from _common import ROOT, PeakMemory, footer, header, write_json
 
@@ -52,9 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", default=",".join(METHODS), help="methods (default: all of them)")
     ap.add_argument("--cache-dir", default="/tmp/scpo_bench_cache", help="feature cache (default /tmp/scpo_bench_cache)")
     ap.add_argument("--val-folds", type=int, default=None, help="override the config's validation folds (default 3)")
-    ap.add_argument("--engine", default="both", choices=("both", "scpo", "per-job"),
-                    help="scpo.train.train_heads, the previous per-job trainer (bench/_perjob.py) or both (default)")
-    ap.add_argument("--compare-seeds", type=int, default=1, help="seeds of the side-by-side comparison (default 1)")
+    ap.add_argument("--engine", default="both", choices=("both", "adam", "newton"),
+                    help="head solver to time: adam (mini-batch Adam over the grid), newton (solved to convergence) "
+                         "or both, one after the other on the same features (default)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's default)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -94,45 +92,41 @@ def main(argv: list[str] | None = None) -> dict:
         grid = len(groups) * len(trained) * seeds * tc.val_folds * n_cells if tc.val_folds > 1 else 0
         return grid, len(groups) * len(trained) * seeds
 
-    def fit(engine: str, seeds: int) -> tuple[float, dict, float]:
-        pl = scpo.fitting
-        saved = pl.train_heads, pl.val_accuracy
-        if engine == "per-job":
-            from _perjob import train_heads_per_job, val_accuracy_per_job
+    def fit(engine: str, seeds: int) -> tuple[float, dict, float, dict]:
+        with PeakMemory() as pm:
+            t = time.perf_counter()
+            exp_e = dataclasses.replace(exp, cfg=exp.cfg.replace(head_solver=engine))  # same features, same global layer
+            out = scpo.fitting.fit(exp_e, methods, list(range(seeds)), progress=False)
+            dt = time.perf_counter() - t
+        g, r = jobs_of(seeds) if engine == "adam" else newton_jobs(seeds)
+        what = (f"{tc.val_folds} folds x {n_cells} cells x steps {sorted(set(tc.steps))}" if engine == "adam"
+                else f"{tc.val_folds} folds x {len(tc.head_pulls)} pulls, solved to convergence")
+        print(f"   fit [{engine:>6}] {seeds} seed(s): {g:,} grid fits ({what}) + {r:,} refits: {dt:7.1f} s "
+              f"({dt / 60:.1f} min), peak RSS {pm.peak_gib:.2f} GiB")
+        return dt, out.models, pm.peak_gib, out.grid
 
-            pl.train_heads, pl.val_accuracy = train_heads_per_job, val_accuracy_per_job
-        try:
-            with PeakMemory() as pm:
-                t = time.perf_counter()
-                thetas = pl.fit(exp, methods, list(range(seeds)), progress=False).models
-                dt = time.perf_counter() - t
-        finally:
-            pl.train_heads, pl.val_accuracy = saved
-        g, r = jobs_of(seeds)
-        print(f"   fit_heads [{engine:>6}] {seeds} seed(s): {g:,} grid jobs ({tc.val_folds} folds x {n_cells} cells x "
-              f"steps {sorted(set(tc.steps))}) + {r:,} refits: {dt:7.1f} s ({dt / 60:.1f} min), "
-              f"{(g + r) / dt:,.0f} head trainings/s, peak RSS {pm.peak_gib:.2f} GiB")
-        return dt, thetas, pm.peak_gib
+    def newton_jobs(seeds: int) -> tuple[int, int]:
+        grid = len(groups) * len(trained) * seeds * tc.val_folds * len(tc.head_pulls) if tc.val_folds > 1 else 0
+        return grid, len(groups) * len(trained) * seeds
 
     res = {"groups": len(groups), "methods": methods, "seeds": args.seeds, "pairs": len(exp.group),
            "texts_scored": st["computed"], "texts_cached": st["cached"], "prepare_s": t_prep}
-    engines = ["per-job", "scpo"] if args.engine == "both" else [args.engine]
+    engines = ["adam", "newton"] if args.engine == "both" else [args.engine]
+    for engine in engines:
+        t_fit, _, peak, grid = fit(engine, args.seeds)
+        res[f"{engine}_fit_s"] = t_fit
+        res[f"{engine}_peak_rss_gib"] = peak
+        if engine == "newton":
+            conv = [c["solver"]["converged"] for per in grid["choices"].values() for m in per.values() for c in m.values()
+                    if c["pull"] > 0]
+            res["newton_converged_share"] = sum(conv) / max(len(conv), 1)
+            res["newton_edge_choices"] = len(grid.get("edge_choices", []))
+            print(f"   newton: {res['newton_converged_share']:.1%} of the refits with a pull converged; "
+                  f"{res['newton_edge_choices']} choices at an edge of the pull grid")
     if args.engine == "both":
-        # like for like on --compare-seeds seeds, then scpo's trainer on the whole workload
-        k = min(args.compare_seeds, args.seeds)
-        t_a, th_a, _ = fit("per-job", k)
-        t_b, th_b, _ = fit("scpo", k)
-        diff = max(float(np.max(np.abs(th_a[key] - th_b[key]))) for key in th_a)
-        print(f"   same workload: scpo/per-job speed-up {t_a / t_b:.1f}x; largest parameter difference {diff:.1e}")
-        res.update(compare_seeds=k, per_job_fit_s=t_a, scpo_fit_s=t_b, speedup=t_a / t_b, max_param_diff=diff)
-        if args.seeds > k:
-            t_full, _, peak = fit("scpo", args.seeds)
-            print(f"   {args.seeds} seeds: scpo's train_heads {t_full:.1f} s measured; the per-job trainer about "
-                  f"{t_a * args.seeds / k:.0f} s ({t_a * args.seeds / k / 60:.0f} min, {k} seed(s) x {args.seeds / k:g})")
-            res.update(scpo_full_fit_s=t_full, per_job_full_fit_estimate_s=t_a * args.seeds / k, peak_rss_gib=peak)
-    else:
-        t_full, _, peak = fit(engines[0], args.seeds)
-        res.update(fit_heads_s=t_full, engine=engines[0], peak_rss_gib=peak)
+        ratio = res["adam_fit_s"] / res["newton_fit_s"]
+        print(f"   same workload, one run: newton is {ratio:.2f}x the speed of adam")
+        res["newton_speedup_over_adam"] = ratio
     g, r = jobs_of(args.seeds)
     res.update(grid_jobs=g, refit_jobs=r)
     footer()

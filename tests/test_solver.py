@@ -69,7 +69,7 @@ def tiny_features(request, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("solver-tiny")
     cfg = RunConfig().replace(synthetic_preset="tiny", cache_dir=str(_feature_cache(request, root)),
-                              output_dir=str(root / "run"), steps=[20])
+                              output_dir=str(root / "run"), steps=[20], head_solver="adam")
     return Features(*_prepare_capturing_global(cfg))
 
 
@@ -83,7 +83,8 @@ def goqa_features(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("solver-goqa")
     cache = _feature_cache(request, root)
     cfg = RunConfig().replace(dataset="goqa", data_path=str(REAL_GOQA), groups=["Chile", "Mexico"],
-                              global_source="holdout", cache_dir=str(cache), output_dir=str(root / "run"))
+                              global_source="holdout", cache_dir=str(cache), output_dir=str(root / "run"),
+                              head_solver="adam")
     return Features(*_prepare_capturing_global(cfg))
 
 

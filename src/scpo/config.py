@@ -264,9 +264,10 @@ class TrainConfig:
         default=3,
     )
     head_solver: str = _help(
-        "head mode's optimiser: adam (mini-batch Adam over the learning-rate x steps x pulls grid) or newton "
-        "(every score layer solved to convergence, the pull chosen from --head-pulls on the validation folds)",
-        default="adam",
+        "head mode's optimiser: newton (every score layer, the global one included, solved to convergence, "
+        "the pull chosen from --head-pulls on the validation folds) or adam (the earlier mini-batch Adam over "
+        "the --learning-rates x --steps x --pulls grid, which stops short of the optimum; kept for comparison)",
+        default="newton",
     )
     head_pulls: list[float] = _help(
         "newton head solver: grid of the pull towards the global layer (standardised features; 0 = no pull)",
