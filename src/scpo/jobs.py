@@ -39,7 +39,7 @@ from .forward import rewards_of
 from .grid import Choice, GridSpec, choose, folds
 from .hashing import stream_seed
 from .instrument import point
-from .model import RewardModel, find_score_layer
+from .model import PACKAGED_LABEL, RewardModel, find_score_layer, model_label
 from .names import path_component, rmtree_inside
 from .parallel import is_main_process
 from .rundir import atomic_write_json, log_work
@@ -181,6 +181,8 @@ def _make_model(rm: RewardModel, mode: str, trainer_cfg: Any, scratch: bool, see
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = get_peft_model(model, cfg)
+        # the adapter names its base as the user did, not by a folder in site-packages (issue 14)
+        model.peft_config["default"].base_model_name_or_path = model_label(rm.name, packaged=PACKAGED_LABEL)
     if trainer_cfg.disable_dropout:  # as TRL's disable_dropout_in_model: every nn.Dropout, LoRA's included
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
