@@ -178,11 +178,11 @@ def _make_model(rm: RewardModel, mode: str, trainer_cfg: Any, scratch: bool, see
             lora_dropout=trainer_cfg.lora_dropout, target_modules=trainer_cfg.lora_target_modules,
             modules_to_save=[rm.score_layer_name.split(".")[-1]],
         )
+        # the adapter (its config and PEFT's README) names its base as the user did, not by a folder in site-packages
+        model.name_or_path = model.config.name_or_path = model_label(rm.name, packaged=PACKAGED_LABEL)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = get_peft_model(model, cfg)
-        # the adapter names its base as the user did, not by a folder in site-packages (issue 14)
-        model.peft_config["default"].base_model_name_or_path = model_label(rm.name, packaged=PACKAGED_LABEL)
     if trainer_cfg.disable_dropout:  # as TRL's disable_dropout_in_model: every nn.Dropout, LoRA's included
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

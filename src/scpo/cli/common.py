@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -127,8 +126,6 @@ def quiet_everything() -> None:
     """``--quiet``: nothing but the command's own output and errors. transformers, huggingface_hub and
     datasets lose their progress bars ("Loading weights", "Writing model shards") and their info and
     warning logging; scpo's own logging keeps warnings and errors only (its bars are off by ``progress=False``)."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     quiet_transformers()
     import datasets
     import huggingface_hub.utils as hub_utils
@@ -136,5 +133,6 @@ def quiet_everything() -> None:
     hub_utils.disable_progress_bars()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    logging.getLogger().setLevel(logging.WARNING)  # every library logging through the root (matplotlib's font cache...)
     for name in ("scpo", "accelerate", "peft"):
         logging.getLogger(name).setLevel(logging.WARNING)
