@@ -202,6 +202,27 @@ def test_the_summary_prints_on_the_main_process_only(tmp_path, capsys, monkeypat
     assert capsys.readouterr().out.startswith("scpo: x (synthetic data)")
 
 
+def test_one_summary_under_accelerate_launch(tmp_path):
+    """Two real processes (``accelerate launch``, gloo on the CPU): the summary prints once, nothing else."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    exe = Path(sys.executable).with_name("accelerate")
+    launcher = [str(exe)] if exe.exists() else (["accelerate"] if shutil.which("accelerate") else None)
+    if launcher is None:
+        pytest.skip("accelerate's launcher is not installed")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(root / "src"), env.get("PYTHONPATH", "")]))
+    cmd = [*launcher, "launch", "--config_file", str(root / "configs" / "accelerate" / "cpu_2proc.yaml"), "-m", "scpo",
+           "run", "--quiet", "--synthetic-preset", "tiny", "--no-plots", "--output-dir", "r", "--cache-dir", "c"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("scpo: synthetic") == 1 and p.stdout.count("  report: r/report.md") == 1, p.stdout
+    assert p.stderr == ""
+
+
 # ------------------------------------------------------------------------------------------------
 # no absolute machine paths in what scpo writes for others
 
