@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-run: setup
-	$(VENV)/bin/scpo run --output-dir runs/default
+run: setup  # runs/default is this target's own: a second `make run` replaces it (`scpo run` alone refuses)
+	$(VENV)/bin/scpo run --output-dir runs/default --overwrite
 
 test: setup
 	$(VENV)/bin/pytest -x

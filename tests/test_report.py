@@ -125,3 +125,88 @@ def test_report_builds_from_a_minimal_older_results_file():
 def test_strict_json():
     out = strict_json({"a": float("nan"), "b": [float("inf"), -math.inf, 1.5], "c": {"d": 2}})
     assert out == {"a": None, "b": ["inf", "-inf", 1.5], "c": {"d": 2}}
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 14: the report's wording
+
+
+def _one_run(results: dict) -> dict:
+    """``results`` as a run of one training seed would hold them (every ``std`` 0, one entry per list)."""
+    import copy
+
+    one = copy.deepcopy(results)
+    one["seeds"], one["runs"] = [0], [{"split_seed": 0, "seed": 0}]
+    for per in one["metrics"].values():
+        for e in per.values():
+            for sub in (e.values() if isinstance(e, dict) else ()):
+                if isinstance(sub, dict) and "std" in sub:
+                    sub["std"], sub["n"] = 0.0, 1
+    return one
+
+
+def test_report_writes_p_below_0001_as_p_less_than(tiny_results):
+    import copy
+
+    res = copy.deepcopy(tiny_results)
+    for t in res["tests"]["group_sets"].values():
+        for per in t.values():
+            per["all"]["p_value"] = 0.0
+    text = build_report(res)
+    assert "p < 0.001" in text and "p = <" not in text and "p=<" not in text and "p =<" not in text
+
+
+def test_report_of_one_run_shows_no_plus_minus(tiny_results):
+    two = build_report(tiny_results)
+    assert " ± " in two and "mean ± std over runs" in two  # 2 seeds: the spread is shown
+    one = build_report(_one_run(tiny_results))
+    assert "±" not in one.replace("there is no ±", "")
+    assert "one run (1 split seed × 1 training seed)" in one and "1 run (1 seed, no std)" in one
+
+
+def test_report_mentions_scratch_only_when_it_ran(tiny_results):
+    import copy
+
+    assert "scratch" not in tiny_results["methods"]
+    assert "scratch" not in build_report(tiny_results)
+    res = copy.deepcopy(tiny_results)
+    res["methods"] = [*res["methods"], "scratch"]
+    for rows in res["summary"].values():
+        rows["scratch"] = rows["full"]
+    for per in res["metrics"].values():
+        per["scratch"] = per["full"]
+    assert "`scratch` (a group model trained from zero" in build_report(res)
+
+
+def test_oracle_pooled_is_n_a_with_its_reason_never_nan(tiny_results, capsys):
+    from scpo.cli.runs import print_summary
+
+    text = build_report(tiny_results)
+    assert "| oracle |" in text and "nan" not in text.lower().replace("nanmean", "")
+    oracle_rows = [line for line in text.splitlines() if line.startswith("| oracle |") or "| oracle |" in line]
+    assert oracle_rows and all("n/a" in line for line in oracle_rows)
+    assert "the oracle's `pooled` is n/a: a group's true utility is known on the group's own pairs only" in text
+    print_summary(tiny_results, "run", quiet=True)
+    out = capsys.readouterr().out
+    assert "nan" not in out and "pooled   n/a" in out and "oracle pooled n/a:" in out
+
+
+def test_console_figures_carry_the_reports_cis(tiny_results, capsys):
+    from scpo.cli.runs import print_efficiency, print_summary, print_sweep
+    from scpo.report_md import ratio_text
+
+    print_efficiency(tiny_results)
+    out = capsys.readouterr().out
+    pts = [e for pts in tiny_results["curves"]["efficiency"]["group_sets"].values() for e in pts]
+    assert any(e.get("ci95") for e in pts)
+    for e in pts:
+        assert f"{e['fraction']:g}: {ratio_text(e)}" in out  # the very text of report.md's table, CI included
+    report = build_report(tiny_results)
+    assert all(ratio_text(e) in report for e in pts)
+    print_summary(tiny_results, "run", quiet=True)
+    out = capsys.readouterr().out
+    r = tiny_results["summary"]["all_groups"]["scpo"]
+    assert f"all {100 * r['all']:5.1f} [{100 * r['all_ci95'][0]:.1f}, {100 * r['all_ci95'][1]:.1f}]" in out
+    print_sweep(tiny_results["sweep"])
+    out = capsys.readouterr().out
+    assert "p=" not in out and ("p = " in out or "p < 0.001" in out)

@@ -101,7 +101,7 @@ def test_killed_rerun_with_another_config_leaves_no_old_results(finished, tmp_pa
 
     monkeypatch.setattr(scpo.pipeline, "write_run", killed)
     assert old_models
-    assert _run(run, cache, "--tau", "0.6") == 130
+    assert _run(run, cache, "--tau", "0.6", "--overwrite") == 130
     for name in RUN_OUTPUTS:
         assert not (run / name).exists(), name
     assert not list(run.glob(".trash-*"))
@@ -124,7 +124,8 @@ def test_rerun_with_another_config_sigkilled_in_its_report_leaves_one_run(finish
     run, cache = _copy(finished, tmp_path), finished[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
            "SCPO_KILL_AT": "report"}
-    cmd = [sys.executable, "-m", "scpo", "run", *TINY, "--tau", "0.6", "--output-dir", str(run), "--cache-dir", str(cache)]
+    cmd = [sys.executable, "-m", "scpo", "run", *TINY, "--tau", "0.6", "--overwrite", "--output-dir", str(run),
+           "--cache-dir", str(cache)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     for name in ("results.json", "report.md", "full_report.json", "partial_report.json", "edited_ratios.json"):
@@ -141,7 +142,7 @@ def test_rerun_with_the_same_config_keeps_the_finished_results(finished, tmp_pat
 
     run, cache = _copy(finished, tmp_path), finished[1]
     monkeypatch.setattr(scpo.pipeline, "write_run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    assert _run(run, cache) == 130
+    assert _run(run, cache, "--overwrite") == 130
     assert (run / "results.json").exists() and (run / "models" / "manifest.json").exists()
 
 

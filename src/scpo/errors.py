@@ -42,6 +42,10 @@ class RunLockedError(ScpoError):
     """Another scpo process holds the run directory's lock."""
 
 
+class RunExistsError(ScpoError):
+    """The run directory holds a finished run (``--overwrite`` replaces it), or ``--resume`` found nothing to resume."""
+
+
 class ScpoWarning(UserWarning):
     """Base class of the warnings scpo gives about its input."""
 

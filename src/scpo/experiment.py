@@ -35,7 +35,7 @@ from .load import (
     pair_table,
     split_data,
 )
-from .model import RewardModel, load_reward_model
+from .model import RewardModel, load_reward_model, model_label
 from .score import FeatureCache, TextIndex, distinct_texts, encode_features
 from .selection import preference_probability, select_pairs
 from .solver import HeadProblem, choose_pull, feature_scale, solve_heads, validation_metrics
@@ -312,7 +312,7 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
     stats["corrupt_cache_shards"] = list(cache.corrupt_shards)
     timing["score"] = time.perf_counter() - t
     t = time.perf_counter()
-    global_info: dict[str, Any] = {"model": rm.name, "source": global_source, "formatter": rm.formatter.to_dict()}
+    global_info: dict[str, Any] = {"model": model_label(rm.name), "source": global_source, "formatter": rm.formatter.to_dict()}
     if cfg.model.global_model == PACKAGED_MODEL:
         gd = torch.from_numpy(pair_differences(feats, g_chosen, g_rejected))
         if cfg.train.head_solver == "newton":

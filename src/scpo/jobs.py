@@ -39,7 +39,7 @@ from .forward import rewards_of
 from .grid import Choice, GridSpec, choose, folds
 from .hashing import stream_seed
 from .instrument import point
-from .model import RewardModel, find_score_layer
+from .model import PACKAGED_LABEL, RewardModel, find_score_layer, model_label
 from .names import path_component, rmtree_inside
 from .parallel import is_main_process
 from .rundir import atomic_write_json, log_work
@@ -178,6 +178,8 @@ def _make_model(rm: RewardModel, mode: str, trainer_cfg: Any, scratch: bool, see
             lora_dropout=trainer_cfg.lora_dropout, target_modules=trainer_cfg.lora_target_modules,
             modules_to_save=[rm.score_layer_name.split(".")[-1]],
         )
+        # the adapter (its config and PEFT's README) names its base as the user did, not by a folder in site-packages
+        model.name_or_path = model.config.name_or_path = model_label(rm.name, packaged=PACKAGED_LABEL)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = get_peft_model(model, cfg)

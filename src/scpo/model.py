@@ -36,14 +36,30 @@ from transformers.utils import logging as hf_logging
 from .config import PACKAGED_MODEL, ModelConfig
 from .hashing import tensors_fingerprint
 from .parallel import resolve_device
+from .provenance import portable_path
 
 __all__ = [
     "InputFormatter",
     "RewardModel",
     "find_score_layer",
     "load_reward_model",
+    "model_label",
     "packaged_model_path",
 ]
+
+PACKAGED_LABEL = "packaged:all-MiniLM-L6-v2"
+"""How files written for others (a LoRA adapter's ``base_model_name_or_path``) name the packaged
+global model, rather than by its folder inside a virtualenv's site-packages."""
+
+
+def model_label(name: str, packaged: str = PACKAGED_MODEL) -> str:
+    """The global model as the user named it, for files others read: ``packaged`` becomes
+    :data:`PACKAGED_LABEL` when ``packaged`` is given as that label, a Hub id or relative path stays as
+    given, an absolute path is made portable (:func:`scpo.provenance.portable_path`).
+    """
+    if name == PACKAGED_MODEL:
+        return packaged
+    return portable_path(name) if os.path.isabs(name) else name
 
 
 def packaged_model_path() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from .evaluate import Evaluator, SplitMargins, evaluate_splits
 from .experiment import Experiment, FitResult, group_sets, prepare, selection_summary, split_margins
 from .fitting import fit
 from .parallel import is_main_process
+from .provenance import code_revision, command_line
 from .report import write_run
-from .rundir import RunLock, check_directory, invalidate_other_run, run_fingerprint, work_summary
+from .rundir import RunLock, check_directory, check_reuse, invalidate_other_run, run_fingerprint, work_summary
 from .studies.curves import curve_tables, fit_curves
 from .studies.sweep import run_sweep
 
@@ -82,8 +84,16 @@ class _Split:
     info: dict[str, Any]
 
 
-def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | None = None) -> dict[str, Any]:
+def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | None = None, *,
+        overwrite: bool = True, resume: bool = False, command: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the whole experiment ``cfg`` describes and write its run directory; return results.
+
+    ``overwrite``: a finished run already in ``output_dir`` is replaced (this config's finished jobs
+    reused, another config's outputs removed first); ``False``, as ``scpo run`` without
+    ``--overwrite``, refuses it with :class:`~scpo.errors.RunExistsError`. An interrupted run there
+    resumes either way; ``resume=True`` also refuses a directory with nothing to resume
+    (:func:`scpo.rundir.check_reuse`). ``command``: the command line's arguments, recorded in
+    ``results.json`` (``None`` from Python).
 
     Reads as the run does: for each split seed, set up and prepare the experiment, fit every
     (group, method, seed), measure it on the test pairs and run the studies on it (learning curves
@@ -98,9 +108,11 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
     tc, st = cfg.train, cfg.studies
     check_directory(cfg.model.cache_dir, "--cache-dir")
     fingerprint = run_fingerprint(yaml.safe_load(cfg.to_yaml()))  # exactly what config.yaml will hold
+    check_reuse(out_dir, fingerprint, overwrite=overwrite, resume=resume)  # every rank: all refuse together
     with RunLock(out_dir) if main_process else contextlib.nullcontext():
         # setup: the directory's one commit point is results.json; another config's results go first
         if main_process:
+            check_reuse(out_dir, fingerprint, overwrite=overwrite, resume=False)  # a run that finished meanwhile
             gone = invalidate_other_run(out_dir, fingerprint)
             if gone:
                 logger.warning("%s held the finished results of another config: removed %s", out_dir, ", ".join(gone))
@@ -155,6 +167,8 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         results = {
             "scpo_results_version": 2,
             "run_fingerprint": fingerprint,
+            "command": None if command is None else command_line(command),
+            "code": code_revision(),
             "synthetic_data": exp.data.synthetic,
             "data": {
                 "name": exp.data.name, "split_unit": exp.data.split_unit, "groups": exp.groups,

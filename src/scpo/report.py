@@ -18,6 +18,7 @@ report, plots and reference files from ``results.json`` alone (:func:`rebuild`).
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import platform
 from pathlib import Path
@@ -43,10 +44,20 @@ if TYPE_CHECKING:  # annotations only: the report reads results, the experiment 
 __all__ = ["rebuild", "reference_files", "strict_json", "versions", "write_run"]
 
 
+VERSIONED = ("numpy", "tokenizers", "safetensors", "huggingface_hub", "peft", "accelerate", "pyarrow")
+"""Further installed packages whose versions a run records (when installed), read from their metadata."""
+
+
 def versions() -> dict[str, str]:
-    """Versions of scpo, Python and the libraries that determine the numbers."""
-    return {"scpo": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "datasets": datasets.__version__, "python": platform.python_version()}
+    """Versions of scpo, Python and the libraries that determine the numbers (those installed of :data:`VERSIONED` too)."""
+    out = {"scpo": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "datasets": datasets.__version__, "python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 def strict_json(obj: Any) -> Any:

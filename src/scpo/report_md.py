@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["as_float", "build_report"]
+__all__ = ["ORACLE_POOLED_NA", "as_float", "build_report", "p_text", "ratio_text"]
 
 
 def as_float(x: Any) -> float:
@@ -41,10 +41,22 @@ def _pct_diff(x: Any) -> str:
 
 
 def _p(x: Any) -> str:
+    """A p-value for a table cell: ``0.012``, ``< 0.001``, ``–``."""
     v = as_float(x)
     if math.isnan(v):
         return "–"
-    return f"{v:.3f}" if v >= 0.001 else "<0.001"
+    return f"{v:.3f}" if v >= 0.001 else "< 0.001"
+
+
+def p_text(x: Any) -> str:
+    """A p-value in a sentence: ``p = 0.012``, ``p < 0.001`` (never ``p = <0.001``), ``p = –``."""
+    v = _p(x)
+    return f"p {v}" if v.startswith("<") else f"p = {v}"
+
+
+ORACLE_POOLED_NA = ("a group's true utility is known on the group's own pairs only, not on the other groups' pairs "
+                    "that `pooled` adds")
+"""Why the oracle's ``pooled`` cell is empty (results.json holds ``null`` there)."""
 
 
 def _claims(results: dict[str, Any]) -> list[str]:
@@ -62,7 +74,7 @@ def _claims(results: dict[str, Any]) -> list[str]:
         if not t:
             return ""
         return (f"{_pct_diff(t['diff'])} points [95% CI {_pct_diff(t['ci95'][0])}, {_pct_diff(t['ci95'][1])}], "
-                f"p = {_p(t['p_value'])}")
+                + p_text(t["p_value"]))
 
     lines = []
     for b, what in (("global", "**Accuracy over the baseline** (paper: minority accuracy up to +7 points). SCPO "
@@ -74,7 +86,7 @@ def _claims(results: dict[str, Any]) -> list[str]:
     eff = results.get("curves", {}).get("efficiency")
     if eff:
         pts = eff["group_sets"].get(focus, [])
-        cells = [_ratio_text(e) for e in pts]
+        cells = [ratio_text(e) for e in pts]
         lines.append(f"- **Data efficiency** (paper: 1.7-2.8x, i.e. 170-280%). Pairs full fine-tuning needs to reach "
                      f"SCPO's accuracy ÷ pairs SCPO used, {focus}, at SCPO's fractions of the raw pairs: "
                      + ", ".join(f"{e['fraction']:g}: {c}" for e, c in zip(pts, cells)) + ". Per group: see "
@@ -106,7 +118,8 @@ def _pooled_is_a_finding(results: dict[str, Any]) -> bool:
     return len(pooled.get("groups") or [None, None]) > 1
 
 
-def _ratio_text(e: dict[str, Any]) -> str:
+def ratio_text(e: dict[str, Any]) -> str:
+    """An efficiency ratio with its 95% CI: ``1.84 [1.20, 2.95]``, ``≤ 0.50 [...]``, ``not reached (> 3.10)``."""
     if e.get("ratio") is None:
         if e.get("status") == "not_reached":
             return f"not reached (> {as_float(e['ratio_bound_value']):.2f})"
@@ -139,7 +152,7 @@ def _ablation(results: dict[str, Any]) -> list[str]:
         cells = []
         for name in sets:
             t = tests[f"{a} vs {b}"][name]["all"]
-            cells.append(f"{_pct_diff(t['diff'])} [{_pct_diff(t['ci95'][0])}, {_pct_diff(t['ci95'][1])}] p={_p(t['p_value'])}")
+            cells.append(f"{_pct_diff(t['diff'])} [{_pct_diff(t['ci95'][0])}, {_pct_diff(t['ci95'][1])}] {p_text(t['p_value'])}")
         lines.append(f"| {a} − {b} | {what} | " + " | ".join(cells) + " |")
     # a plain statement of what the single components do, which way it falls
     name = "minority_groups" if "minority_groups" in sets else sets[0]
@@ -154,7 +167,7 @@ def _ablation(results: dict[str, Any]) -> list[str]:
             lead = (f"the {'weighting' if dw > df else 'filter'} alone does better than the "
                     f"{'filter' if dw > df else 'weighting'} alone")
         lines += ["", f"On {name}, against full fine-tuning, {lead} (filter alone {_pct_diff(f['diff'])} points, "
-                  f"p={_p(f['p_value'])}; weighting alone {_pct_diff(w['diff'])}, p={_p(w['p_value'])}); "
+                  f"{p_text(f['p_value'])}; weighting alone {_pct_diff(w['diff'])}, {p_text(w['p_value'])}); "
                   + (f"significant at 5%: {', '.join(sig)}." if sig else
                      "neither differs from full fine-tuning at 5% on this test set.")]
     return lines + [""]
@@ -177,9 +190,13 @@ def build_report(results: dict[str, Any]) -> str:
               f"Global model: `{gm['model']}` ({gm.get('trained_on', '')}"
               + (f", {gm['trained_on_pairs']} pairs" if "trained_on_pairs" in gm else "") + ")", ""]
     ci = results.get("ci")
+    n_runs = _n_runs(results)
     if ci:
-        lines += [f"Every number is a mean over {len(results.get('runs', [])) or len(results['seeds'])} run(s) "
-                  "(split seed × training seed); ± is the standard deviation over runs; [a, b] is a 95% "
+        runs = (f"Every number is a mean over {n_runs} runs (split seed × training seed); ± is the standard "
+                "deviation over runs; " if n_runs > 1 else
+                "Every number comes from one run (1 split seed × 1 training seed), so there is no ± (a standard "
+                "deviation needs 2 runs or more: `--seeds 0 1 2`); ")
+        lines += [runs + "[a, b] is a 95% "
                   f"{ci['method']} CI ({ci['n_boot']} replicates) that resamples "
                   + ", ".join(ci["resamples"])
                   + (f"; it does **not** cover {'; '.join(ci['does_not_cover'])}" if ci.get("does_not_cover") else "")
@@ -194,7 +211,7 @@ def build_report(results: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for name, rows in summ.items():
         for m, r in rows.items():
-            cells = [f"{_fmt(r.get(s))} {_ci(r.get(f'{s}_ci95'))}".strip() for s in subsets]
+            cells = [_cell(r, s, m) for s in subsets]
             lines.append(f"| {name} | {m} | " + " | ".join(cells) + f" | {_fmt(r.get('pairs_used'), False)} | "
                          f"{_fmt(r.get('gap_closed'))} |")
     lines += ["", "`all` = the group's test pairs. `distinctive` = test pairs the global model ranks wrongly (the "
@@ -203,7 +220,9 @@ def build_report(results: dict[str, Any]) -> str:
               "pairs the global model ranks rightly. `contested` = pairs whose order in the group contradicts the "
               "population's (defined by the data, not by the global model). `pooled` = every group's test pairs "
               "(excessive bias towards the group shows as a drop). `gap closed` = share of the global→oracle gap on "
-              "`all` (synthetic data only).", ""]
+              "`all` (synthetic data only)"
+              + (f"; the oracle's `pooled` is n/a: {ORACLE_POOLED_NA}" if any("oracle" in rows for rows in summ.values())
+                 else "") + ".", ""]
     metrics = results["metrics"]
     g0 = d["groups"][0]
     tp = metrics[g0]["test_pairs"]
@@ -216,13 +235,15 @@ def build_report(results: dict[str, Any]) -> str:
         lines += ["This data set does not define contested pairs.", ""]
     # ---- per group
     first = f" of split seed {split_seeds[0]}" if len(split_seeds) > 1 else ""
-    lines += ["## Per group: accuracy (%) on the group's test pairs, mean ± std over runs [95% CI]", "",
+    lines += ["## Per group: accuracy (%) on the group's test pairs, "
+              + ("mean ± std over runs [95% CI]" if n_runs > 1 else "1 run (1 seed, no std) [95% CI]"), "",
               f"| group | test pairs (units){first} | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for g in d["groups"]:
         cells = []
         for m in methods:
             e = metrics[g][m]["all"]
-            cells.append(f"{_fmt(e['mean'])} ± {_fmt(e['std'])} {_ci(e.get('ci95'))}".strip())
+            spread = f" ± {_fmt(e['std'])}" if n_runs > 1 else ""
+            cells.append(f"{_fmt(e['mean'])}{spread} {_ci(e.get('ci95'))}".strip())
         lines.append(f"| {g} | {metrics[g]['test_pairs']['all']} ({metrics[g].get('test_units', '–')}) | "
                      + " | ".join(cells) + " |")
     few = [g for g in d["groups"] if metrics[g].get("few_units")]
@@ -254,7 +275,7 @@ def build_report(results: dict[str, Any]) -> str:
             for name in summ:
                 t = gsets[k][name]["all"]
                 lines.append(f"- {k}, {name}: {_pct_diff(t['diff'])} [{_pct_diff(t['ci95'][0])}, "
-                             f"{_pct_diff(t['ci95'][1])}], p = {_p(t['p_value'])}")
+                             f"{_pct_diff(t['ci95'][1])}], {p_text(t['p_value'])}")
         lines.append("")
     lines += _ablation(results)
     lines += _bias(results)
@@ -282,19 +303,34 @@ def build_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell(row: dict[str, Any], subset: str, method: str) -> str:
+    """One accuracy cell with its CI; the oracle's ``pooled`` is ``n/a`` (:data:`ORACLE_POOLED_NA`)."""
+    if method == "oracle" and subset == "pooled" and math.isnan(as_float(row.get(subset))):
+        return "n/a"
+    return f"{_fmt(row.get(subset))} {_ci(row.get(f'{subset}_ci95'))}".strip()
+
+
+def _n_runs(results: dict[str, Any]) -> int:
+    """Runs (split seed × training seed) behind every mean."""
+    return len(results.get("runs", [])) or len(results.get("split_seeds") or [0]) * len(results["seeds"])
+
+
 def _bias(results: dict[str, Any]) -> list[str]:
     summ = results["summary"]
     methods = results["methods"]
+    scratch = (" `scratch` (a group model trained from zero on the group only) is the reference for how far a model "
+               "free of the global one goes." if "scratch" in methods else "")
+    has_oracle = any("oracle" in rows for rows in summ.values())
     lines = ["## Bias: before (global) and after, on the pairs the global model gets right and wrong", "",
              "Accuracy (%) [95% CI], mean over groups. `distinctive` is shown only beside `agreeing` and `pooled`: the "
-             "global model scores 0 there by construction. `scratch` (a group model trained from zero on the group "
-             "only) is the reference for how far a model free of the global one goes.", ""]
+             "global model scores 0 there by construction." + scratch
+             + (f" The oracle's `pooled` is n/a: {ORACLE_POOLED_NA}." if has_oracle else ""), ""]
     for name, rows in summ.items():
         lines += [f"**{name}**", "", "| method | agreeing | distinctive | contested | pooled | all |", "|---|---|---|---|---|---|"]
         for m in methods + (["oracle"] if "oracle" in rows else []):
             r = rows[m]
-            lines.append(f"| {m} | " + " | ".join(f"{_fmt(r.get(s))} {_ci(r.get(f'{s}_ci95'))}".strip()
-                                                    for s in ("agreeing", "distinctive", "contested", "pooled", "all")) + " |")
+            lines.append(f"| {m} | " + " | ".join(_cell(r, s, m) for s in ("agreeing", "distinctive", "contested", "pooled", "all"))
+                         + " |")
         lines.append("")
     return lines
 
@@ -321,9 +357,9 @@ def _curves_section(results: dict[str, Any]) -> list[str]:
                   "and inside each other's CI the crossing point, and so the ratio, is mostly noise: read the CI.", "",
                   "| group | " + " | ".join(f"SCPO at {f:g}" for f in fr) + " |", "|---|" + "---|" * len(fr)]
         for g, pts in eff["per_group"].items():
-            lines.append(f"| {g} | " + " | ".join(_ratio_text(e) for e in pts) + " |")
+            lines.append(f"| {g} | " + " | ".join(ratio_text(e) for e in pts) + " |")
         for name, pts in eff["group_sets"].items():
-            lines.append(f"| **{name}** (mean curve) | " + " | ".join(_ratio_text(e) for e in pts) + " |")
+            lines.append(f"| **{name}** (mean curve) | " + " | ".join(ratio_text(e) for e in pts) + " |")
         lines += ["", "Per group, raw pairs at each fraction: " + "; ".join(
             f"{g} " + "/".join(_fmt(x, False) for x in cv["per_group"][g][cv["methods"][0]]["raw_pairs"])
             for g in cv["per_group"]) + "."]
@@ -365,7 +401,7 @@ def _sweep_section(results: dict[str, Any]) -> list[str]:
         for b in betas:
             c = cell.get((t, str(b)))
             r = c[name]
-            cells.append(f"{_fmt(r['all'])} {_ci(r['all_ci95'])} {_pct_diff(r['diff_vs_full'])} (p={_p(r['p_vs_full'])})")
+            cells.append(f"{_fmt(r['all'])} {_ci(r['all_ci95'])} {_pct_diff(r['diff_vs_full'])} ({p_text(r['p_vs_full'])})")
         lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
     lines += ["", "Validation accuracy (%) (k-fold on training units; the one to choose by) and kept share:", "",
               "| tau \\ beta | " + " | ".join(str(b) for b in betas) + " |", "|---|" + "---|" * len(betas)]

@@ -11,6 +11,9 @@
   written last, marks a finished run of exactly the config it stores the fingerprint of; a run
   into a directory holding another config's results removes them (through a trash folder,
   ``results.json`` first) before it writes anything.
+* **No silent overwrite** (:func:`check_reuse`): a finished run directory is replaced only when
+  asked (``--overwrite``); an interrupted one resumes (``--resume`` says so and checks there is
+  something to resume).
 * **The work log** (:func:`log_work`, :func:`work_summary`): ``RUN_DIR/work.jsonl``, one line per
   unit of work (a scoring forward pass, a training step, an evaluation forward pass, a job skipped
   or resumed) written by the process that holds the run lock. It survives a SIGKILL, so the work
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RunLockedError, ScpoError
+from .errors import RunExistsError, RunLockedError, ScpoError
 
 __all__ = [
     "RunLock",
@@ -44,6 +47,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_directory",
+    "check_reuse",
     "invalidate_other_run",
     "log_work",
     "read_work",
@@ -187,6 +191,38 @@ def invalidate_other_run(run_dir: str | Path, fingerprint: str) -> list[str]:
             moved.append(name)
     _remove(trash)
     return moved
+
+
+RUN_STATE = (WORK_LOG, "jobs", "checkpoints", ".saved", "models", "config.yaml", "splits")
+"""What an interrupted run leaves for a resumed one to reuse (any of them: there is something to resume)."""
+
+
+def check_reuse(run_dir: str | Path, fingerprint: str, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to run into ``run_dir`` where that would replace a finished run without being asked.
+
+    * ``results.json`` there (a finished run, of this config or another): :class:`~scpo.errors.RunExistsError`
+      naming ``--overwrite`` unless ``overwrite`` (then this config's finished jobs are reused and
+      another config's outputs are invalidated, see :func:`invalidate_other_run`);
+    * no ``results.json`` but what an interrupted run leaves (:data:`RUN_STATE`): the run resumes;
+    * ``resume`` and nothing to resume: :class:`~scpo.errors.RunExistsError` (a mistyped directory
+      would otherwise start from scratch).
+
+    Read-only: a refused directory is left exactly as it was.
+    """
+    run_dir = Path(run_dir)
+    results = run_dir / "results.json"
+    if results.exists() or results.is_symlink():
+        if overwrite:
+            return
+        stored = _stored_fingerprint(results)
+        which = "this same config" if stored == fingerprint else f"another config (run {stored or 'unknown'})"
+        raise RunExistsError(
+            f"--output-dir {run_dir} holds a finished run of {which}; pass --overwrite to replace it"
+            + (" (--resume continues only an interrupted run)" if resume else "")
+            + ", or choose another --output-dir")
+    if resume and not any((run_dir / name).exists() for name in RUN_STATE):
+        raise RunExistsError(f"--resume: {run_dir} holds no interrupted run to resume (no {WORK_LOG}, jobs or "
+                             "checkpoints); leave out --resume to start a new run there")
 
 
 def _remove(p: Path) -> None:

@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded in results.json (scpo.provenance.command_line)
     if args.command is None:
         parser.print_help()
         return 2

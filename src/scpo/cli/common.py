@@ -1,10 +1,22 @@
-"""What the subcommands share: config flags generated from the config dataclasses, quiet libraries."""
+"""What the subcommands share: config flags generated from the config dataclasses, quiet libraries.
+
+Flags follow the conventions of transformers' ``HfArgumentParser`` and accelerate:
+
+* a boolean field is a bare flag with its negation (``--bf16``, ``--no-bf16``, ``--no-plots``);
+  ``--bf16 true`` / ``--plots false`` still work, as before;
+* a list field takes its values space or comma separated (``--seeds 0 1 2`` = ``--seeds 0,1,2``);
+* no abbreviations (``allow_abbrev=False`` on every parser): ``--learning-rate`` is an error, not
+  ``--learning-rates``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Mapping
+import logging
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..config import FIELD_SECTION, SECTION_CLASSES, RunConfig, layered, read_yaml
@@ -13,8 +25,68 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 """(help, add_arguments, handler) of one subcommand."""
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class BoolFlag(argparse.Action):
+    """``--name`` (true), ``--no-name`` (false) and, kept from before, ``--name true|false``.
+
+    Like :class:`argparse.BooleanOptionalAction`, plus an optional value after the positive form.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        (positive,) = option_strings
+        negative = "--no-" + positive[2:]
+        super().__init__([positive, negative], dest, nargs="?", metavar="{true,false}", **kwargs)
+        self.negative = negative
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string == self.negative:
+            if values is not None:
+                parser.error(f"argument {self.negative}: takes no value (got {values!r}); "
+                             f"write {self.negative} or {self.option_strings[0]} false")
+            setattr(namespace, self.dest, False)
+            return
+        if values is None:
+            setattr(namespace, self.dest, True)
+            return
+        word = str(values).strip().lower()
+        if word not in _TRUE + _FALSE:
+            parser.error(f"argument {option_string}: expected no value, true or false, got {values!r}")
+        setattr(namespace, self.dest, word in _TRUE)
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+class ListFlag(argparse.Action):
+    """A list field: values space and/or comma separated (``--seeds 0 1 2``, ``--seeds 0,1,2``);
+    ``--split-seeds ""`` is the empty list. Items are parsed and checked by the config."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [v.strip() for text in values for v in str(text).split(",") if v.strip()])
+
+
+def _kind(f: dataclasses.Field) -> str:
+    """``bool``, ``list`` or ``value``: how the flag of config field ``f`` takes its argument."""
+    tp = f.type
+    if isinstance(tp, str):
+        tp = eval(tp, {**vars(typing), "list": list, "dict": dict})  # noqa: S307 - annotations are ours
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is bool:
+        return "bool"
+    return "list" if typing.get_origin(tp) is list else "value"
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and one flag per config field (``--tau``, ``--global-model``...), default unset."""
+    """``--config`` and one flag per config field (``--tau``, ``--global-model``...), default unset:
+    booleans bare (``--bf16``/``--no-bf16``), lists space or comma separated."""
     parser.add_argument("--config", metavar="YAML", help="config file; flags given on the command line override it")
     for sec, c in SECTION_CLASSES.items():
         group = parser.add_argument_group(f"{sec} options ({c.__doc__.strip().splitlines()[0]})")
@@ -22,13 +94,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(c):
             default = getattr(defaults, f.name)
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                default=None,
-                metavar=f.name.upper(),
-                help=f"{f.metadata.get('help', '')} (default: {shown})",
-            )
+            flag, kind, text = "--" + f.name.replace("_", "-"), _kind(f), f.metadata.get("help", "")
+            if kind == "bool":
+                group.add_argument(flag, dest=f.name, default=None, action=BoolFlag,
+                                   help=f"{text} (default: {'on' if default else 'off'})")
+            elif kind == "list":
+                group.add_argument(flag, dest=f.name, default=None, action=ListFlag, metavar=f.name.upper(),
+                                   help=f"{text}; space or comma separated (default: {shown})")
+            else:
+                group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                                   help=f"{text} (default: {shown})")
 
 
 def config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> RunConfig:
@@ -45,3 +120,19 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def quiet_everything() -> None:
+    """``--quiet``: nothing but the command's own output and errors. transformers, huggingface_hub and
+    datasets lose their progress bars ("Loading weights", "Writing model shards") and their info and
+    warning logging; scpo's own logging keeps warnings and errors only (its bars are off by ``progress=False``)."""
+    quiet_transformers()
+    import datasets
+    import huggingface_hub.utils as hub_utils
+
+    hub_utils.disable_progress_bars()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    logging.getLogger().setLevel(logging.WARNING)  # every library logging through the root (matplotlib's font cache...)
+    for name in ("scpo", "accelerate", "peft"):
+        logging.getLogger(name).setLevel(logging.WARNING)

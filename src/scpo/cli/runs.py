@@ -15,9 +15,11 @@ from typing import Any
 
 from ..errors import ConfigError, ScpoError
 from ..experiment import inspect_data
+from ..parallel import is_main_process
 from ..pipeline import run
 from ..report import rebuild
-from .common import Command, add_config_arguments, config_from_args
+from ..report_md import ORACLE_POOLED_NA, as_float, p_text, ratio_text
+from .common import Command, add_config_arguments, config_from_args, quiet_everything
 
 SWEEP_DEFAULTS: dict[str, Any] = {
     "sweep_taus": [0.5, 0.6, 0.7, 0.8, 1.0],
@@ -44,6 +46,18 @@ def _parse_list(text: str, what: str) -> list[float]:
         raise ConfigError(f"--{what}: expected comma separated numbers, got {text!r}") from None
 
 
+def _pct(x: Any) -> str:
+    v = as_float(x)
+    return "  –  " if math.isnan(v) else f"{100 * v:5.1f}"
+
+
+def _ci(ci: Any) -> str:
+    """`` [a, b]`` in percent, as report.md gives it (empty when there is no CI)."""
+    if not ci or len(ci) != 2 or math.isnan(as_float(ci[0])) or math.isnan(as_float(ci[1])):
+        return ""
+    return f" [{100 * as_float(ci[0]):.1f}, {100 * as_float(ci[1]):.1f}]"
+
+
 def print_sweep(sw: dict[str, Any]) -> None:
     if not sw:
         return
@@ -51,35 +65,44 @@ def print_sweep(sw: dict[str, Any]) -> None:
     print(f"  sweep ({name}): mean test accuracy (%) [95% CI], difference to full fine-tuning, val accuracy")
     for c in sw["cells"]:
         r = c[name]
-        print(f"    tau {c['tau']:<4g} beta {str(c['beta']):<4}  {100 * r['all']:5.1f} "
-              f"[{100 * r['all_ci95'][0]:.1f}, {100 * r['all_ci95'][1]:.1f}]  "
-              f"{100 * r['diff_vs_full']:+5.1f} (p={r['p_vs_full']:.3f})  val {100 * c['val_accuracy']:5.1f}")
+        print(f"    tau {c['tau']:<4g} beta {str(c['beta']):<4}  {_pct(r['all'])}{_ci(r['all_ci95'])}  "
+              f"{100 * as_float(r['diff_vs_full']):+5.1f} ({p_text(r['p_vs_full'])})  val {_pct(c['val_accuracy'])}")
 
 
 def print_efficiency(results: dict[str, Any]) -> None:
+    """The efficiency ratios per group set, each with its 95% CI, as report.md gives them."""
     eff = results.get("curves", {}).get("efficiency")
     if not eff:
         return
     for name, pts in eff["group_sets"].items():
-        cells = []
-        for e in pts:
-            if e["ratio"] is None:
-                cells.append(f"{e['fraction']:g}: not reached (> {e['ratio_bound_value']:.2f})")
-            else:
-                bound = "<= " if e["status"] == "at_first_point" else ""
-                cells.append(f"{e['fraction']:g}: {bound}{e['ratio']:.2f}")
-        print(f"  efficiency ratio ({name}, SCPO at fraction: full fine-tuning's pairs / SCPO's): " + ", ".join(cells))
+        cells = [f"{e['fraction']:g}: {ratio_text(e)}" for e in pts]
+        print(f"  efficiency ratio ({name}, SCPO at fraction: full fine-tuning's pairs / SCPO's [95% CI]): "
+              + ", ".join(cells))
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="print the summary alone: no progress bars, no library logging (warnings and errors stay)")
+    reuse = p.add_mutually_exclusive_group()
+    reuse.add_argument("--overwrite", action="store_true",
+                       help="replace a finished run in --output-dir (without it a finished run there is refused; "
+                            "this config's finished jobs are reused, another config's outputs removed)")
+    reuse.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in --output-dir (an error if there is none to continue; "
+                            "an interrupted run also resumes without it)")
     add_config_arguments(p)
 
 
-def _run_and_print(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+def _run_and_print(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Run, and print the summary once: on the main process under a launcher (``None`` on the others)."""
+    if args.quiet:
+        quiet_everything()
     cfg = config_from_args(args, defaults)
-    results = run(cfg, progress=not args.quiet)
-    print_summary(results, cfg.output.output_dir)
+    results = run(cfg, progress=not args.quiet, overwrite=args.overwrite, resume=args.resume,
+                  command=getattr(args, "argv", None))
+    if not is_main_process():
+        return None
+    print_summary(results, cfg.output.output_dir, quiet=args.quiet)
     return results
 
 
@@ -88,10 +111,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(results: dict, out_dir: str) -> None:
-    """The console summary of a run: per group set, every method's mean test accuracies."""
+def print_summary(results: dict, out_dir: str, quiet: bool = False) -> None:
+    """The console summary of a run: per group set, every method's mean test accuracies with the
+    95% CIs report.md gives (the oracle's ``pooled`` is ``n/a``: :data:`~scpo.report_md.ORACLE_POOLED_NA`)."""
     summ = results["summary"]
-    print(f"\nscpo: {results['data']['name']} ({'synthetic' if results['synthetic_data'] else 'real'} data), "
+    if not quiet:
+        print()  # apart from the progress bars above
+    print(f"scpo: {results['data']['name']} ({'synthetic' if results['synthetic_data'] else 'real'} data), "
           f"mode {results['mode']}, seeds {results['seeds']}, {results['wall_time_s']:.0f} s")
     gm = results.get("global_model") or {}
     if gm.get("trained_on_groups"):
@@ -101,12 +127,21 @@ def print_summary(results: dict, out_dir: str) -> None:
     pooled = (results["data"].get("pooled") or {})
     if pooled.get("non_target_groups"):
         print(f"  pooled test: {pooled.get('test_pairs')} pairs, also of " + ", ".join(pooled["non_target_groups"]))
+    oracle = False
     for name, rows in summ.items():
-        print(f"  {name}: mean test accuracy (%)")
+        print(f"  {name}: mean test accuracy (%) [95% CI]")
         for m, r in rows.items():
             extra = f"  pairs used {r['pairs_used']:.0f}" if "pairs_used" in r else ""
-            print(f"    {m:<14} all {100 * r['all']:5.1f}  distinctive {100 * r['distinctive']:5.1f}  "
-                  f"pooled {100 * r['pooled']:5.1f}{extra}")
+            cells = []
+            for s in ("all", "distinctive", "pooled"):
+                if m == "oracle" and s == "pooled" and math.isnan(as_float(r.get(s))):
+                    oracle = True
+                    cells.append(f"{s}   n/a")
+                else:
+                    cells.append(f"{s} {_pct(r.get(s))}{_ci(r.get(f'{s}_ci95'))}")
+            print(f"    {m:<14} " + "  ".join(cells) + extra)
+    if oracle:
+        print(f"  oracle pooled n/a: {ORACLE_POOLED_NA.replace('`', '')}")
     print(f"  report: {out_dir}/report.md")
 
 
@@ -123,12 +158,15 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.beta is not None:
         args.sweep_betas, args.beta = _parse_list(args.beta, "beta"), None
     results = _run_and_print(args, SWEEP_DEFAULTS)
-    print_sweep(results.get("sweep", {}))
+    if results is not None:
+        print_sweep(results.get("sweep", {}))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    print_efficiency(_run_and_print(args, EVALUATE_DEFAULTS))
+    results = _run_and_print(args, EVALUATE_DEFAULTS)
+    if results is not None:
+        print_efficiency(results)
     return 0
 
 
@@ -148,7 +186,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     q = sub.add_parser("inspect", help="per-group counts (and, with --score, the SCPO selection)", allow_abbrev=False)
     q.add_argument("--score", action="store_true", help="score with the global model and show the selection")
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument("--quiet", action="store_true", help="no progress bars, no library logging")
     add_config_arguments(q)
 
 
@@ -164,6 +202,8 @@ def _print_inspection(report: dict[str, Any]) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
+    if args.quiet:
+        quiet_everything()
     report = inspect_data(config_from_args(args), score=args.score, progress=not args.quiet)
     if args.json:
         print(json.dumps(report, indent=2, default=float))

@@ -46,6 +46,7 @@ import datasets
 
 from ..config import DataConfig
 from ..errors import InputError
+from ..provenance import portable_path
 from .base import PreferenceData
 from .countries import PAPER_COUNTRIES, group_map
 from .files import PairTable, looks_like_hub_id, require_text, select_groups
@@ -165,7 +166,7 @@ def _records(cfg: DataConfig) -> tuple[str, list[str], Iterable[tuple[int, dict[
         return hub_id, list(ds.column_names), ((i + 1, rec) for i, rec in enumerate(ds)), {"hub_id": hub_id}
     path = Path(cfg.data_path)
     columns, records, sha = read_records_hashed(path)  # the hash of the very bytes read
-    return str(path), columns, records, {"file": str(path.resolve()), "sha256": sha}
+    return str(path), columns, records, {"file": portable_path(path), "sha256": sha}
 
 
 def load_goqa(cfg: DataConfig) -> PreferenceData:

@@ -36,6 +36,7 @@ import datasets
 
 from ..config import DataConfig
 from ..errors import ConfigError, InputError
+from ..provenance import portable_path
 from .base import PreferenceData
 from .countries import PAPER_COUNTRIES, group_map
 from .files import (
@@ -104,7 +105,7 @@ def load_prism(cfg: DataConfig) -> PreferenceData:
         survey_file, utt_file = str(survey_path), str(utt_path)
         s_cols, s_recs, s_sha = read_records_hashed(survey_path)  # hashes of the very bytes read
         u_cols, u_recs, u_sha = read_records_hashed(utt_path)
-        provenance = {"files": {survey_file: s_sha, utt_file: u_sha}}
+        provenance = {"folder": portable_path(folder), "files": {survey_path.name: s_sha, utt_path.name: u_sha}}
     provenance["country_field"] = field
 
     # ---- survey: user -> raw country

@@ -18,6 +18,7 @@ from datasets.data_files import DataFilesDict, get_data_patterns
 
 from ..config import DataConfig
 from ..errors import ConfigError, InputError
+from ..provenance import portable_path
 from .base import file_sha256
 from .readers import FILE_FORMATS, read_records_hashed, table_records
 
@@ -50,6 +51,15 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
+def _inside(file: str | Path, folder: Path) -> str:
+    """A file of ``folder`` named relative to it (else :func:`~scpo.provenance.portable_path`): no machine paths."""
+    f = Path(file)
+    try:
+        return f.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return portable_path(f)
+
+
 def _is_saved_dataset(path: Path) -> bool:
     return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
 
@@ -60,13 +70,13 @@ def _from_disk(path: Path, split: str) -> tuple[list[Part], dict[str, Any]]:
         ds = datasets.load_from_disk(file)
     except Exception as e:  # datasets raises several types for a damaged folder
         raise InputError(f"cannot load the save_to_disk folder: {_first_line(e)}", file=file) from None
-    prov: dict[str, Any] = {"file": str(path.resolve()), "format": "save_to_disk"}
+    prov: dict[str, Any] = {"file": portable_path(path), "format": "save_to_disk"}
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise InputError(f"no split {split!r} (splits: {', '.join(ds)}); choose one with --data-split",
                              file=file, field="data_split")
         ds, prov["split"] = ds[split], split
-    prov["files"] = {c["filename"]: file_sha256(c["filename"]) for c in ds.cache_files}
+    prov["files"] = {_inside(c["filename"], path): file_sha256(c["filename"]) for c in ds.cache_files}
     columns, records = table_records(ds.with_format("arrow")[:], file=file)
     if not records:
         raise InputError("no data rows (the data set is empty)", file=file)
@@ -100,8 +110,8 @@ def _from_folder(path: Path, split: str) -> tuple[list[Part], dict[str, Any]]:
     for f in shards:
         columns, records, sha = read_records_hashed(f)
         parts.append(Part(str(f), columns, records))
-        shas[str(f.resolve())] = sha
-    return parts, {"file": str(path.resolve()), "format": "shards", "split": split, "files": shas}
+        shas[_inside(f, path)] = sha
+    return parts, {"file": portable_path(path), "format": "shards", "split": split, "files": shas}
 
 
 def _from_hub(hub_id: str, split: str) -> tuple[list[Part], dict[str, Any]]:
@@ -130,7 +140,7 @@ def read_source(cfg: DataConfig) -> tuple[list[Part], dict[str, Any]]:
     if not (path.exists() or path.is_symlink()) and looks_like_hub_id(name):
         return _from_hub(name, cfg.data_split)
     columns, records, sha = read_records_hashed(path)
-    return [Part(name, columns, records)], {"file": str(path.resolve()), "sha256": sha}
+    return [Part(name, columns, records)], {"file": portable_path(path), "sha256": sha}
 
 
 def _require_path(cfg: DataConfig) -> Path:
