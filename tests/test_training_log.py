@@ -113,9 +113,9 @@ def test_full_mode_keeps_the_trainer_log_history_and_writes_tensorboard(tmp_path
     assert steps == list(range(1, 13))  # a 12-step job logs every step (at least ~10 points a job)
     assert all({"loss", "grad_norm", "learning_rate"} <= set(r) for r in fit["records"])
     assert fit["summary"]["train_loss"] > 0
-    job = json.loads((out / "jobs" / "group-c__scpo__seed0.json").read_text())
+    job = json.loads((out / "jobs" / f"{path_component('group-c')}__scpo__seed0.json").read_text())
     assert [e["step"] for e in job["log_history"] if "loss" in e] == steps  # a re-run that skips the job keeps it
-    got = _scalars(out / "tensorboard" / "group-c" / "scpo" / "seed0", "train/loss")
+    got = _scalars(out / "tensorboard" / path_component("group-c") / "scpo" / "seed0", "train/loss")
     assert [s for s, _ in got] == steps
     assert np.allclose([v for _, v in got], [r["loss"] for r in fit["records"]], rtol=1e-5)
 

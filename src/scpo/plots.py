@@ -2,14 +2,13 @@
 (histograms of p and w per group), the cross-group heatmap, learning curves, the τ x β heatmap and
 the training curves.
 
-Drawn from ``results.json`` alone (the training curves from ``training_log.json`` beside it), so
-``scpo report RUN_DIR`` redraws them without training.
+Drawn from ``results.json`` alone (the training curves from its ``training.shown``; every fit's
+curve is in ``training_log.json``), so ``scpo report RUN_DIR`` redraws them without training.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,6 @@ __all__ = ["PLOT_FILES", "make_plots"]
 
 PLOT_FILES = ("accuracy.png", "selection.png", "cross_group.png", "curves.png", "sweep.png", "training.png")
 
-TRAINING_GROUPS = 8
-"""At most this many groups' curves are drawn per method in ``training.png`` (every fit is in the log)."""
-
 
 def make_plots(run_dir: Path, results: dict[str, Any]) -> list[str]:
     """PNG plots; returns their paths relative to the run directory."""
@@ -38,9 +34,8 @@ def make_plots(run_dir: Path, results: dict[str, Any]) -> list[str]:
     pdir = Path(run_dir) / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
     out = []
-    log = _read_training_log(Path(run_dir))
     for fn in (_plot_accuracy, _plot_selection, _plot_cross, _plot_curves, _plot_sweep, _plot_training):
-        fig, name = fn(results, plt) if fn is not _plot_training else fn(log, plt)
+        fig, name = fn(results, plt)
         if fig is None:
             continue
         out.append(_save(fig, pdir / name, Path(run_dir)))
@@ -228,49 +223,35 @@ def _plot_sweep(results: dict[str, Any], plt: Any):
     return fig, "sweep.png"
 
 
-def _read_training_log(run_dir: Path) -> dict[str, Any] | None:
-    """``training_log.json`` of the run directory, or None (absent or unreadable: no training plot)."""
-    try:
-        log = json.loads((run_dir / "training_log.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return log if isinstance(log, dict) and isinstance(log.get("fits"), list) else None
-
-
-def _plot_training(log: dict[str, Any] | None, plt: Any):
-    """Loss against step (Adam, Trainer) or Newton iteration, one panel per trained method, one line per
-    group (the first seed of the first split seed; at most :data:`TRAINING_GROUPS` groups), log y when
-    the loss spans more than a factor of 10."""
-    if not log:
+def _plot_training(results: dict[str, Any], plt: Any):
+    """Loss against step (Adam, Trainer) or Newton iteration, one panel per trained method (at most 4),
+    one line per group (``results["training"]["shown"]``: the first split and training seed, at most 8
+    groups a method), log y when a panel's loss spans more than a factor of 10."""
+    tr = results.get("training") or {}
+    shown = tr.get("shown") or []
+    if not shown:
         return None, ""
-    fits = [f for f in log["fits"] if f.get("records")]
-    if not fits:
-        return None, ""
-    split0 = min(f["split_seed"] for f in fits)
-    seed0 = min(f["seed"] for f in fits)
-    methods = list(dict.fromkeys(f["method"] for f in fits))[:4]
+    methods = list(dict.fromkeys(c["method"] for c in shown))[:4]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods) + 0.6, 3.4), squeeze=False)
     for ax, m in zip(axes[0], methods):
-        mine = [f for f in fits if f["method"] == m and f["split_seed"] == split0 and f["seed"] == seed0]
-        shown = mine[:TRAINING_GROUPS]
-        xkey = "iteration" if shown and "iteration" in shown[0]["records"][0] else "step"
-        ys = []
-        for i, f in enumerate(shown):
-            x = [r.get(xkey, k) for k, r in enumerate(f["records"])]
-            y = [as_float(r.get("loss")) for r in f["records"]]
+        mine = [c for c in shown if c["method"] == m]
+        ys: list[float] = []
+        for i, c in enumerate(mine):
+            y = [as_float(v) for v in c["loss"]]
             ys += [v for v in y if v > 0 and math.isfinite(v)]
-            ax.plot(x, y, marker="." if len(x) <= 30 else None, ms=3, lw=1, color=f"C{i % 10}", label=f["group"])
+            ax.plot(c["steps"], y, marker="." if len(y) <= 30 else None, ms=3, lw=1, color=f"C{i % 10}", label=c["group"])
         if ys and max(ys) / min(ys) > 10:
             ax.set_yscale("log")
-        n_all = sum(1 for f in fits if f["method"] == m)
-        ax.set_title(f"{m}: {len(shown)} of {n_all} fits (seed {seed0})", fontsize=9)
-        ax.set_xlabel("Newton iteration" if xkey == "iteration" else "training step", fontsize=8)
-        ax.set_ylabel("training loss" + (" (Trainer log)" if log.get("solver") == "trainer" else ""), fontsize=8)
+        n_all = (tr.get("methods") or {}).get(m, {}).get("fits", len(mine))
+        ax.set_title(f"{m}: {len(mine)} of {n_all} fits (seed {mine[0]['seed']})", fontsize=9)
+        ax.set_xlabel("Newton iteration" if mine[0]["x"] == "iteration" else "training step", fontsize=8)
+        ax.set_ylabel("training loss", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, ncol=2 if len(shown) > 4 else 1)
+        ax.legend(fontsize=6, ncol=2 if len(mine) > 4 else 1)
     kind = {"adam": "Adam (mean mini-batch objective between points)", "newton": "Newton solver",
-            "trainer": "transformers Trainer"}.get(str(log.get("solver")), str(log.get("solver")))
-    fig.suptitle(f"Training curves, {log.get('mode')} mode, {kind}; every fit: training_log.json", fontsize=10)
+            "trainer": "transformers Trainer (its logged loss)"}.get(str(tr.get("solver")), str(tr.get("solver")))
+    fig.suptitle(f"Training curves, {tr.get('mode')} mode, {kind}; every fit: {tr.get('log', 'training_log.json')}",
+                 fontsize=10)
     fig.tight_layout()
     return fig, "training.png"
 

@@ -120,8 +120,14 @@ def training_log(cfg: RunConfig, splits: list[tuple[int, dict[Any, Any]]]) -> di
             "solver": tc.head_solver if tc.mode == "head" else "trainer", "fits": strict_json(fits)}
 
 
+SHOWN_GROUPS = 8
+"""``results.json``'s ``training.shown`` keeps at most this many groups' curves per method (the plot's)."""
+
+
 def training_summary(log: dict[str, Any], trackers: list[str]) -> dict[str, Any]:
-    """``results.json``'s ``training``: where the log is, and per method the fits and median first/last loss."""
+    """``results.json``'s ``training``: where the log is, per method the fits and median first/last loss,
+    and ``shown``: the curves ``plots/training.png`` draws (the first split seed and training seed, at
+    most :data:`SHOWN_GROUPS` groups per method), so the plot is redrawn from ``results.json`` alone."""
     per: dict[str, dict[str, list[float]]] = {}
     for f in log["fits"]:
         recs = [r for r in f["records"] if r.get("loss") is not None]
@@ -134,8 +140,18 @@ def training_summary(log: dict[str, Any], trackers: list[str]) -> dict[str, Any]
                    "median_last_loss": float(np.median(d["last"])) if d["last"] else None,
                    "median_points": float(np.median(d["points"])) if d["points"] else None} for m, d in per.items()}
     kinds = sorted({f["kind"] for f in log["fits"]})
+    drawn = [f for f in log["fits"] if f["records"]]
+    shown = []
+    if drawn:
+        split0, seed0 = min(f["split_seed"] for f in drawn), min(f["seed"] for f in drawn)
+        for m in dict.fromkeys(f["method"] for f in drawn):
+            mine = [f for f in drawn if f["method"] == m and f["split_seed"] == split0 and f["seed"] == seed0]
+            for f in mine[:SHOWN_GROUPS]:
+                x = "iteration" if "iteration" in f["records"][0] else "step"
+                shown.append({"group": f["group"], "method": m, "seed": seed0, "split_seed": split0, "x": x,
+                              "steps": [r.get(x) for r in f["records"]], "loss": [r.get("loss") for r in f["records"]]})
     out: dict[str, Any] = {"log": TRAINING_LOG, "mode": log["mode"], "solver": log["solver"], "kinds": kinds,
-                           "fits": len(log["fits"]), "methods": methods, "report_to": list(trackers)}
+                           "fits": len(log["fits"]), "methods": methods, "report_to": list(trackers), "shown": shown}
     if "tensorboard" in trackers:
         out["tensorboard_dir"] = "tensorboard"
     return out
