@@ -5,7 +5,9 @@ the frozen encoder's cached features, batched (:mod:`scpo.heads`); ``full`` and 
 ``Trainer`` job per model (:mod:`scpo.jobs`). Every mode makes its grid search the same way
 (:mod:`scpo.grid`: k validation folds of each group's training split keys, one choice rule) and
 returns the same :class:`~scpo.experiment.FitResult`: margins on the experiment's pooled test
-pairs, pairs used, the grid record and the models.
+pairs, pairs used, the grid record, the models and each final fit's training curve (``curves``:
+Adam's loss and gradient norm every ``steps // LOG_POINTS`` steps, the Newton solver's iterations,
+or the Trainer's log history).
 
 Studies call :func:`fit` with explicit training rows (a learning curve's subsample) and explicit
 (τ, β) (a cell of the sweep): the experiment itself is never rebuilt for them.

@@ -7,14 +7,19 @@ on every validation fold and chosen by the mean validation accuracy, as in head 
 come from the one batched forward pass (:func:`scpo.forward.rewards_of`).
 
 Interruptions (see ``docs/reliability.md``): every finished job leaves a record
-``WORK_DIR/jobs/<job>.json`` (test margins, pairs, choice, steps) and is skipped by a re-run; an
-unfinished job checkpoints every ``save_steps`` under ``WORK_DIR/checkpoints/<job>/`` and a re-run
+``WORK_DIR/jobs/<job>.json`` (test margins, pairs, choice, steps, the Trainer's log history) and is
+skipped by a re-run; an unfinished job checkpoints every ``save_steps`` under ``WORK_DIR/checkpoints/<job>/`` and a re-run
 resumes it from its last *complete* checkpoint (a checkpoint counts once scpo's marker file is
 written after the Trainer's save). Records and checkpoints carry a fingerprint of everything that
 determines the job (data, training rows, global model, select and train settings): one made under
 another config is never reused. Job and folder names carry a group's safe encoding
 (:func:`scpo.names.path_component`), never the raw name. Each training step, evaluation forward
 pass and skipped or resumed job is counted in the run's work log (:func:`scpo.rundir.log_work`).
+
+Training curves: each final job's ``state.log_history`` becomes its :attr:`FitResult.curves` entry
+(:func:`curve_of`; the run writes them to ``training_log.json``); ``--report-to`` trackers see the
+final jobs only, TensorBoard writing into ``WORK_DIR/tensorboard/<group>/<method>/seed<seed>/``
+(:mod:`scpo.tracking`).
 """
 
 from __future__ import annotations

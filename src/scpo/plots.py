@@ -232,7 +232,7 @@ def _plot_training(results: dict[str, Any], plt: Any):
     if not shown:
         return None, ""
     methods = list(dict.fromkeys(c["method"] for c in shown))[:4]
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods) + 0.6, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(max(6.0, 4.2 * len(methods) + 0.6), 3.7), squeeze=False)
     for ax, m in zip(axes[0], methods):
         mine = [c for c in shown if c["method"] == m]
         ys: list[float] = []
@@ -250,8 +250,8 @@ def _plot_training(results: dict[str, Any], plt: Any):
         ax.legend(fontsize=6, ncol=2 if len(mine) > 4 else 1)
     kind = {"adam": "Adam (mean mini-batch objective between points)", "newton": "Newton solver",
             "trainer": "transformers Trainer (its logged loss)"}.get(str(tr.get("solver")), str(tr.get("solver")))
-    fig.suptitle(f"Training curves, {tr.get('mode')} mode, {kind}; every fit: {tr.get('log', 'training_log.json')}",
-                 fontsize=10)
+    fig.suptitle(f"Training curves, {tr.get('mode')} mode, {kind}\nevery fit: {tr.get('log', 'training_log.json')}",
+                 fontsize=9)
     fig.tight_layout()
     return fig, "training.png"
 
