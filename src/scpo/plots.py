@@ -232,6 +232,8 @@ def _plot_training(results: dict[str, Any], plt: Any):
     if not shown:
         return None, ""
     methods = list(dict.fromkeys(c["method"] for c in shown))[:4]
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(methods), figsize=(max(6.0, 4.2 * len(methods) + 0.6), 3.7), squeeze=False)
     for ax, m in zip(axes[0], methods):
         mine = [c for c in shown if c["method"] == m]
@@ -245,6 +247,7 @@ def _plot_training(results: dict[str, Any], plt: Any):
         n_all = (tr.get("methods") or {}).get(m, {}).get("fits", len(mine))
         ax.set_title(f"{m}: {len(mine)} of {n_all} fits (seed {mine[0]['seed']})", fontsize=9)
         ax.set_xlabel("Newton iteration" if mine[0]["x"] == "iteration" else "training step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("training loss", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, ncol=2 if len(mine) > 4 else 1)

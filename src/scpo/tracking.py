@@ -13,6 +13,8 @@ is not installed, is a :class:`~scpo.errors.ScpoError` (exit 2 on the CLI) sayin
   through ``accelerate``'s trackers (:func:`log_head_curves`), TensorBoard into the same folders.
 
 The grid search's fold fits are not reported (one tracker run per fold and cell would drown the rest).
+Learning-curve fits (``--curve-fractions``) are final fits of their own in full/LoRA mode and report
+under their work folder (``RUN_DIR/curves/<fraction>/tensorboard/``); head mode reports the main fits.
 """
 
 from __future__ import annotations
