@@ -72,8 +72,10 @@ def test_invalidate_other_run_removes_every_output_results_first(tmp_path):
     run = tmp_path / "run"
     (run / "models" / "global").mkdir(parents=True)
     (run / "plots").mkdir()
+    (run / "tensorboard").mkdir()
     (run / "jobs").mkdir()
-    for name in ("report.md", "full_report.json", "partial_report.json", "edited_ratios.json", "config.yaml"):
+    for name in ("report.md", "full_report.json", "partial_report.json", "edited_ratios.json", "config.yaml",
+                 "training_log.json"):
         (run / name).write_text("old")
     (run / "results.json").write_text(json.dumps({"run_fingerprint": "aaaa"}))
     (run / ".trash-1-2").mkdir()  # left by a killed invalidation

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import yaml
 
+from .cards import group_card
 from .errors import InputError, ScpoError
 from .hashing import files_fingerprint
 from .names import is_inside, path_component, rmtree_inside
@@ -175,17 +176,20 @@ def run_root(path: str | Path, models_dir: Path) -> Path | None:
 
 def run_info(run_dir: Path) -> dict[str, Any]:
     """τ, β, data provenance and per-group accuracies of a finished run, for the manifest."""
-    info: dict[str, Any] = {}
     cfg_path = run_dir / "config.yaml"
-    cfg: dict[str, Any] = {}
-    if cfg_path.is_file():
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    cfg = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}) if cfg_path.is_file() else None
+    res_path = run_dir / "results.json"
+    return run_info_of(cfg, read_json(res_path) if res_path.is_file() else None)
+
+
+def run_info_of(cfg: dict[str, Any] | None, res: dict[str, Any] | None) -> dict[str, Any]:
+    """:func:`run_info` from a config (as ``config.yaml`` holds it) and results (as ``results.json``)."""
+    info: dict[str, Any] = {}
+    if cfg is not None:
         sel = cfg.get("select", {})
         info["tau"], info["beta"] = sel.get("tau"), sel.get("beta")
         info["train_config"] = cfg.get("train", {})
-    res_path = run_dir / "results.json"
-    if res_path.is_file():
-        res = read_json(res_path)
+    if res is not None:
         d = res.get("data", {})
         info["data"] = {
             "name": d.get("name"), "synthetic": res.get("synthetic_data"), "split_unit": d.get("split_unit"),
@@ -325,6 +329,11 @@ def save_models(run_dir: Path, exp: Experiment, models: dict, results: dict[str,
         if calibration is not None:
             manifest["calibration"] = calibration_entry(calibration, tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if results["mode"] != "head":  # a card of its own in each group's folder, not PEFT's blank template
+            described = {**manifest, **run_info_of(yaml.safe_load(exp.cfg.to_yaml()), results)}
+            for g, rel in manifest["paths"].items():
+                (tmp / rel / "README.md").unlink(missing_ok=True)  # a hard link into the job's saved folder
+                (tmp / rel / "README.md").write_text(group_card(g, described, "scpo"), encoding="utf-8")
         rmtree_inside(mdir, run_dir)
         tmp.rename(mdir)
     except BaseException:  # a full disk, a kill by exception: no half-written .models.tmp/ stays behind

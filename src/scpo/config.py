@@ -317,7 +317,8 @@ class TrainConfig:
 
 @dataclass
 class TrainerConfig:
-    """The transformers Trainer's settings for full and LoRA mode (passed through; head mode ignores them)."""
+    """The transformers Trainer's settings for full and LoRA mode (passed through; head mode ignores all but
+    ``report_to``)."""
 
     weight_decay: float = _help("Trainer: weight decay", default=0.0)
     warmup_ratio: float = _help("Trainer: warm-up share of steps", default=0.0)
@@ -325,7 +326,11 @@ class TrainerConfig:
     gradient_checkpointing: bool = _help("Trainer: gradient checkpointing", default=False)
     bf16: bool = _help("Trainer: bf16 mixed precision", default=False)
     deepspeed: str | None = _help("Trainer: DeepSpeed config file", default=None)
-    report_to: str = _help("Trainer: report_to (none, wandb, tensorboard, ...)", default="none")
+    report_to: str = _help(
+        "trackers to report training to, in every mode (full/LoRA: the Trainer's report_to; head: accelerate's "
+        "trackers): none, all, or names such as tensorboard,wandb; TensorBoard writes RUN_DIR/tensorboard/",
+        default="none",
+    )
     group_by_length: bool = _help("Trainer: length-grouped batches", default=True)
     disable_dropout: bool = _help(
         "Trainer: set every dropout probability of the trained model to 0 (LoRA's too), as TRL's DPO and "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -28,6 +27,8 @@ from torch import nn
 
 from .artifact import ARTIFACT_VERSION, GLOBAL, MODE_FOLDERS, group_dir, read_json, resolve_artifact, run_info, run_root
 from .backends import load_checkpoint
+from .cards import card_data, group_card, render
+from .cards import pct as _pct
 from .errors import ScpoError
 from .forward import score_module
 from .model import find_score_layer
@@ -284,28 +285,60 @@ def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, c
                  tok_notes: dict[str, Any], openrlhf: dict[str, Any] | None, effect: dict[str, dict[str, float]] | None) -> str:
     man = srm.manifest
     pair = srm.formatter.kind == "text-pair"
+    if len(coef) == 1 and GLOBAL in coef:
+        evaluated = [(g, GLOBAL) for g in srm.groups]
+    elif len(coef) == 1:
+        g_m = next(iter(coef)).rsplit("/", 1)
+        evaluated = [(g_m[0], g_m[1])]
+    else:
+        evaluated = []  # a blend of models: its accuracy was not measured
+    meta = card_data(man, model_name=f"scpo-{describe_steering(group, strength)}", models=evaluated,
+                     tags=["text-classification"], pipeline_tag="text-classification")
+    call = ("enc = tok(prompt, response, truncation=True, return_tensors='pt')  # a text pair: [CLS] prompt [SEP] response [SEP]"
+            if pair else
+            "text = tok.apply_chat_template([{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}],\n"
+            "                               tokenize=False)\n"
+            "enc = tok(text, add_special_tokens=False, truncation=True, return_tensors='pt')  # the template has them already")
     lines = [
-        "---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [reward-model, scpo]", "---", "",
         f"# SCPO reward model: {describe_steering(group, strength)}", "",
         "A plain `AutoModelForSequenceClassification` checkpoint with one output, the reward, exported by "
         "`scpo export` from a steerable SCPO artifact"
         + (" (LoRA adapter merged into the base)." if srm.mode == "lora" else "."), "",
         "Reward = " + " + ".join(f"{c:.4g} · z[{m}]" for m, c in coef.items())
         + ", where z[m] is model m's reward centred (and scaled) on the artifact's reference set.", "",
+        "Runs as written (`PATH`: this folder, or the Hub id it was uploaded to):", "",
         "```python",
+        "import torch",
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        'PATH = "."',
+        "prompt, response = \"How should I greet a new neighbour?\", \"Knock, smile and introduce yourself.\"",
         "tok = AutoTokenizer.from_pretrained(PATH)",
         "rm = AutoModelForSequenceClassification.from_pretrained(PATH).eval()",
-        "reward = rm(**tok(prompt, response, truncation=True, return_tensors='pt')).logits[0, 0]"
-        if pair else
-        "text = tok.apply_chat_template([{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}], tokenize=False)\n"
-        "reward = rm(**tok(text, add_special_tokens=False, truncation=True, return_tensors='pt')).logits[0, 0]",
+        call,
+        "with torch.no_grad():",
+        "    reward = rm(**enc).logits[0, 0].item()" + (f" + {offset!r}  # the score layer has no bias: scpo's offset"
+                                                      if offset else ""),
+        "print(reward)",
         "```", "",
         f"Input format: `{srm.formatter.kind}`, at most {srm.formatter.max_length} tokens (scpo cuts the prompt from "
         "its start when an input is longer)"
         + (": `[CLS] prompt [SEP] response [SEP]` with segment ids 0/1." if pair else
-           ": the chat template of one user turn (the prompt) and one assistant turn (the response)."),
+           ": the chat template of one user turn (the prompt) and one assistant turn (the response), tokenized with "
+           "`add_special_tokens=False` -- the template's text already holds them; the tokenizer's default would add a "
+           "second BOS token and give other rewards."),
     ]
+    acc = man.get("accuracy") or {}
+    if evaluated:
+        lines += ["", "Accuracy on held-out test pairs (chosen scored above rejected; 95% bootstrap CI, the run's `report.md` says what it resamples):", "",
+                  "| group | model | test pairs | accuracy | 95% CI |", "|---|---|---|---|---|"]
+        for g, m in evaluated:
+            e = (acc.get(g) or {}).get(m) or {}
+            ci = e.get("ci95") or [None, None]
+            lines.append(f"| {g} | {m} | {(acc.get(g) or {}).get('test_pairs', '–')} | {_pct(e.get('all'))} | "
+                         + (f"{_pct(ci[0])} – {_pct(ci[1])}" if ci[0] is not None else "–") + " |")
+    elif len(coef) > 1:
+        lines += ["", "This is a blend of models; its accuracy was not measured (the components': the artifact's cards)."]
     if offset:
         lines += ["", f"The score layer has no bias: add {offset:.6g} to this checkpoint's rewards to get scpo's."]
     lines += ["", "## In TRL and OpenRLHF", "",
@@ -360,74 +393,7 @@ def _export_card(srm: SteerableRewardModel, group: GroupSpec, strength: float, c
             lines.append(f"| {names.get(k, k)} | {_pct(e['accuracy'])} | {e['pearson_r']:.3f} |")
     if man.get("tau") is not None:
         lines += ["", f"SCPO: τ = {man.get('tau')}, β = {man.get('beta')}, mode `{srm.mode}`, method `{srm.method}`."]
-    return "\n".join(lines) + "\n"
-
-
-def _pct(x: Any) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}%"
-
-
-def group_card(group: str, manifest: dict[str, Any], method: str) -> str:
-    """A model card (markdown) for one group's reward model, from the completed manifest."""
-    data = manifest.get("data") or {}
-    gm = manifest.get("global_model") or {}
-    acc = (manifest.get("accuracy") or {}).get(group, {})
-    sel = (manifest.get("selection") or {}).get(group, {})
-    cal = (manifest.get("calibration") or {}).get("models", {}).get(f"{group}/{method}", {})
-    choices = (manifest.get("grid_choices") or {}).get(group, {}).get(method, {})
-    tc = manifest.get("train_config") or {}
-    mode = manifest.get("mode")
-    lines = ["---", "library_name: transformers", "tags: [reward-model, scpo, steerable]", "---", "",
-             f"# SCPO reward model for `{group}`", ""]
-    if data.get("synthetic"):
-        lines += ["> **Synthetic data.** Trained and evaluated on scpo's embedded synthetic benchmark (invented "
-                  "groups, known ground truth), not on real people's preferences.", ""]
-    lines += [
-        "## How it was trained", "",
-        f"* Global model: `{gm.get('model', '?')}` ({gm.get('trained_on', '')}).",
-        f"* Group model: mode `{mode}` ("
-        + {"head": "the score layer over the frozen global encoder", "lora": "a LoRA adapter over the global model",
-           "full": "full fine-tuning of the global model"}.get(str(mode), "?")
-        + f"), method `{method}`.",
-        f"* SCPO selection: keep a training pair where sigmoid(Δ) < τ = {manifest.get('tau', '?')}, weight it "
-        f"w = min(exp(Δ/β), 1) with β = {manifest.get('beta', '?')} (Δ: the global model's margin).",
-    ]
-    if sel:
-        lines.append(f"* Training pairs of the group: {sel.get('train_pairs')}, kept by the filter: {sel.get('kept')} "
-                     f"({_pct(sel.get('kept_share'))}), mean weight of the kept: "
-                     + (f"{sel['mean_weight_kept']:.3f}" if isinstance(sel.get("mean_weight_kept"), (int, float)) else "–") + ".")
-    if choices:
-        c0 = next(iter(choices.values()))
-        lines.append(f"* Chosen on validation folds: learning rate {c0.get('learning_rate')}, pull {c0.get('pull')}, "
-                     f"steps {c0.get('steps')} (validation accuracy {_pct(c0.get('val_accuracy'))}).")
-    if tc:
-        lines.append(f"* Seeds {manifest.get('seeds', tc.get('seeds'))}; batch size {tc.get('batch_size')}"
-                     + (f"; LoRA r = {tc.get('lora_r')}, α = {tc.get('lora_alpha')}" if mode == "lora" else "") + ".")
-    lines.append(f"* Data: `{data.get('name', '?')}`, split by {data.get('split_unit', '?')} (seed {data.get('split_seed', '?')}); "
-                 "provenance in the artifact's `manifest.json`.")
-    lines += ["", "## How it was evaluated", ""]
-    if acc:
-        lines += [f"Accuracy on the group's {acc.get('test_pairs', '?')} held-out test pairs (chosen scored above rejected):", "",
-                  "| model | all | 95% CI | distinctive |", "|---|---|---|---|"]
-        for m, e in acc.items():
-            if isinstance(e, dict):
-                ci = e.get("ci95") or [None, None]
-                cis = f"{_pct(ci[0])} – {_pct(ci[1])}" if ci[0] is not None else "–"
-                lines.append(f"| {m} | {_pct(e.get('all'))} | {cis} | {_pct(e.get('distinctive'))} |")
-        lines += ["", "`distinctive`: the test pairs the global model ranks wrongly (0% for it by construction)."]
-    else:
-        lines.append("No evaluation results were found with these models (no results.json).")
-    lines += ["", "## Calibration", ""]
-    if cal:
-        lines.append(f"On the {manifest['calibration'].get('n')} reference texts this model's raw rewards have mean "
-                     f"{cal['mean']:.4g} and std {cal['std']:.4g}; scpo reports `(r - mean) × {cal['scale']:.4g}`, the "
-                     "common scale shared with the global model, so strengths and mixtures blend comparable rewards.")
-    lines += ["", "## Use", "", "```python", "from scpo.steer import SteerableRewardModel",
-              "rm = SteerableRewardModel.from_pretrained(ARTIFACT_DIR)",
-              f"rm.score(prompts, responses, group={group!r}, strength=1.0)", "```", "",
-              f"Plain transformers checkpoint for RLHF trainers: `scpo export ARTIFACT_DIR --group '{group}' --out DIR`. "
-              "Server: `scpo serve --model ARTIFACT_DIR`."]
-    return "\n".join(lines) + "\n"
+    return render(meta, "\n".join(lines) + "\n")
 
 
 def export_artifact(run_dir: str | Path, out_dir: str | Path | None = None, *, scale: bool = True,
@@ -528,6 +494,8 @@ def _copy_into_place(src: Path, target: Path) -> None:
 
 def _artifact_card(manifest: dict[str, Any], srm: SteerableRewardModel) -> str:
     data = manifest.get("data") or {}
+    meta = card_data(manifest, model_name=f"scpo-steerable-{srm.method}", models=[(g, srm.method) for g in srm.groups],
+                     tags=["steerable"])
     lines = ["# Steerable SCPO reward models", "",
              f"Mode `{srm.mode}`, method `{srm.method}`, groups: " + ", ".join(f"`{g}`" for g in srm.groups) + ".",
              f"Data `{data.get('name', '?')}`" + (" (synthetic)" if data.get("synthetic") else "")
@@ -538,6 +506,9 @@ def _artifact_card(manifest: dict[str, Any], srm: SteerableRewardModel) -> str:
         a = acc.get(g, {})
         lines.append(f"| {g} | {a.get('test_pairs', '–')} | {_pct((a.get('global') or {}).get('all'))} | "
                      f"{_pct((a.get(srm.method) or {}).get('all'))} | [card]({manifest['cards'][g]}) |")
-    lines += ["", "```python", "from scpo.steer import SteerableRewardModel", "rm = SteerableRewardModel.from_pretrained(THIS_DIR)",
-              "rm.score(prompts, responses, group=GROUP, strength=0.5)  # halfway from the global model", "```", ""]
-    return "\n".join(lines)
+    lines += ["", "Accuracy on each group's held-out test pairs (chosen scored above rejected); 95% CIs in the group cards.",
+              "", "```python", "from scpo.steer import SteerableRewardModel", "",
+              'THIS_DIR = "."', "rm = SteerableRewardModel.from_pretrained(THIS_DIR)",
+              f"print(rm.score([\"How should I greet a new neighbour?\"], [\"Knock, smile and introduce yourself.\"], "
+              f"group={srm.groups[0]!r}, strength=0.5))  # halfway from the global model", "```", ""]
+    return render(meta, "\n".join(lines))

@@ -5,7 +5,9 @@ the frozen encoder's cached features, batched (:mod:`scpo.heads`); ``full`` and 
 ``Trainer`` job per model (:mod:`scpo.jobs`). Every mode makes its grid search the same way
 (:mod:`scpo.grid`: k validation folds of each group's training split keys, one choice rule) and
 returns the same :class:`~scpo.experiment.FitResult`: margins on the experiment's pooled test
-pairs, pairs used, the grid record and the models.
+pairs, pairs used, the grid record, the models and each final fit's training curve (``curves``:
+Adam's loss and gradient norm every ``steps // LOG_POINTS`` steps, the Newton solver's iterations,
+or the Trainer's log history).
 
 Studies call :func:`fit` with explicit training rows (a learning curve's subsample) and explicit
 (τ, β) (a cell of the sweep): the experiment itself is never rebuilt for them.
@@ -24,7 +26,7 @@ import torch
 from .experiment import Experiment, FitResult, PairsUsed
 from .grid import Choice, GridSpec, choose, folds
 from .hashing import stream_seed
-from .heads import HeadJob, train_heads, val_accuracy
+from .heads import HeadJob, train_heads, train_heads_logged, val_accuracy
 from .selection import method_pairs
 from .solver import HeadProblem, PullChoice, choose_pull, feature_scale, solve_heads, validation_metrics
 
@@ -35,6 +37,9 @@ def _fold_means(scores: np.ndarray) -> np.ndarray:
     """Mean over folds (rows) of ``scores[fold, pull]``, ignoring folds without validation pairs (NaN)."""
     ok = ~np.isnan(scores)
     return np.where(ok.any(0), np.where(ok, scores, 0.0).sum(0) / np.maximum(ok.sum(0), 1), np.nan)
+
+LOG_POINTS = 100
+"""About how many points of an Adam head fit's curve are recorded (every ``steps // LOG_POINTS`` steps)."""
 
 MODES = ("head", "full", "lora")
 """What a group model is: a score layer over the frozen encoder, the whole network, or a LoRA adapter."""
@@ -135,20 +140,24 @@ def _fit_heads(exp: Experiment, methods: list[str], seeds: list[int], tau: float
                 keys.append((g, m, seed, c.steps))
     weights: dict[tuple[str, str, int], np.ndarray] = {}
     used: dict[tuple[str, str, int], PairsUsed] = {}
+    curves: dict[tuple[str, str, int], dict[str, Any]] = {}
     for st in sorted({k[3] for k in keys}):
         sub = [i for i, k in enumerate(keys) if k[3] == st]
-        snaps = train_heads(diffs, [jobs[i] for i in sub], [st], tc.batch_size, progress=progress)
+        snaps, log = train_heads_logged(diffs, [jobs[i] for i in sub], [st], tc.batch_size, progress=progress,
+                                        log_every=max(1, st // LOG_POINTS))
         for j, i in enumerate(sub):
             g, m, seed, _ = keys[i]
             weights[(g, m, seed)] = snaps[j, 0]
             used[(g, m, seed)] = PairsUsed(len(jobs[i].train_idx), float(jobs[i].weights.sum()))
+            curves[(g, m, seed)] = {"kind": "adam_steps", "learning_rate": jobs[i].lr, "pull": jobs[i].pull,
+                                    "records": log.records(j) if len(jobs[i].train_idx) else []}
     for g in exp.groups:
         for seed in seeds:
             weights[(g, "global", seed)] = w_global
             used[(g, "global", seed)] = PairsUsed(0, 0.0)
     dt = exp.diffs()[torch.from_numpy(np.flatnonzero(exp.split == "test"))].double().numpy()
     margins = {k: dt @ w.astype(np.float64) for k, w in weights.items()}
-    return FitResult(margins=margins, used=used, grid=grid, models=weights)
+    return FitResult(margins=margins, used=used, grid=grid, models=weights, curves=curves)
 
 
 def _fit_heads_newton(exp: Experiment, methods: list[str], seeds: list[int], tau: float, beta: float,
@@ -223,6 +232,7 @@ def _fit_heads_newton(exp: Experiment, methods: list[str], seeds: list[int], tau
             f"if you expect the optimum beyond it", stacklevel=3)
     weights: dict[tuple[str, str, int], np.ndarray] = {}
     used: dict[tuple[str, str, int], PairsUsed] = {}
+    curves: dict[tuple[str, str, int], dict[str, Any]] = {}
     for pull in sorted({c.pull for c in chosen.values()}, reverse=True):
         keys = [k for k, c in chosen.items() if c.pull == pull]
         probs = [problem(g, m, seed, train_rows[g], "final") for g, m, seed in keys]
@@ -233,10 +243,13 @@ def _fit_heads_newton(exp: Experiment, methods: list[str], seeds: list[int], tau
             s = sol[i, 0]
             grid["choices"][key[0]][key[1]][str(key[2])]["solver"] = {
                 "loss": s.loss, "grad_norm": s.grad_norm, "iterations": s.iterations, "converged": s.converged}
+            curves[key] = {"kind": "newton_iterations", "pull": pull, "converged": s.converged,
+                           "records": [{"iteration": it, "loss": float(a), "grad_norm": float(b)}
+                                       for it, (a, b) in enumerate(np.asarray(s.history))] if probs[i].n else []}
     for g in exp.groups:
         for seed in seeds:
             weights[(g, "global", seed)] = w_global.astype(np.float32)
             used[(g, "global", seed)] = PairsUsed(0, 0.0)
     dt = exp.diffs()[torch.from_numpy(np.flatnonzero(exp.split == "test"))].double().numpy()
     margins = {k: dt @ w.astype(np.float64) for k, w in weights.items()}
-    return FitResult(margins=margins, used=used, grid=grid, models=weights)
+    return FitResult(margins=margins, used=used, grid=grid, models=weights, curves=curves)

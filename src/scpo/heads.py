@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["HeadJob", "hash32", "train_heads", "val_accuracy"]
+__all__ = ["HeadJob", "HeadLog", "hash32", "train_heads", "train_heads_logged", "val_accuracy"]
 
 
 @dataclass
@@ -35,6 +36,25 @@ class HeadJob:
     stream: int
     """Seeds the mini-batch stream; jobs with equal streams and pairs draw the same batches."""
     val_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+@dataclass
+class HeadLog:
+    """The training curve of every job of one :func:`train_heads_logged` call.
+
+    ``loss[j, k]``: job ``j``'s mini-batch objective ``mean(w * softplus(-margin)) + pull * ||w - anchor||^2``
+    averaged over the steps ``steps[k-1] + 1 .. steps[k]`` (the noise of single batches averaged out);
+    ``grad_norm[j, k]``: the norm of its gradient at step ``steps[k]``. NaN for a job without pairs.
+    """
+
+    steps: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+
+    def records(self, j: int) -> list[dict[str, float]]:
+        """Job ``j``'s curve as records ``{"step", "loss", "grad_norm"}`` (``training_log.json``'s form)."""
+        return [{"step": int(s), "loss": float(a), "grad_norm": float(g)}
+                for s, a, g in zip(self.steps, self.loss[j], self.grad_norm[j])]
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
@@ -69,20 +89,37 @@ def train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[in
     ``[cells, dim]`` parameters in one ``bmm``: the gather, the memory-bound part, is done once
     per stream instead of once per job.
     """
+    return _run(diffs, jobs, steps, batch_size, chunk=chunk, progress=progress, log_every=0)[0]
+
+
+def train_heads_logged(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[int], batch_size: int, *,
+                       log_every: int, chunk: int = 4096, progress: bool = False) -> tuple[np.ndarray, HeadLog]:
+    """:func:`train_heads` that also records each job's loss and gradient norm every ``log_every`` steps
+    (and at the last step): the same weights, bit for bit, plus a :class:`HeadLog`."""
+    out, log = _run(diffs, jobs, steps, batch_size, chunk=chunk, progress=progress, log_every=max(1, int(log_every)))
+    assert log is not None
+    return out, log
+
+
+def _run(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[int], batch_size: int, *,
+         chunk: int, progress: bool, log_every: int) -> tuple[np.ndarray, HeadLog | None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: a second thread helps little and stalls on a busy core
     try:
-        return _train_heads(diffs, jobs, steps, batch_size, chunk=chunk, progress=progress)
+        return _train_heads(diffs, jobs, steps, batch_size, chunk=chunk, progress=progress, log_every=log_every)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[int], batch_size: int, *,
-                 chunk: int, progress: bool) -> np.ndarray:
+                 chunk: int, progress: bool, log_every: int = 0) -> tuple[np.ndarray, HeadLog | None]:
     steps = sorted(set(int(s) for s in steps))
     max_step = steps[-1] if steps else 0
     dim = diffs.shape[1]
     out = np.zeros((len(jobs), len(steps), dim), dtype=np.float32)
+    log_steps = sorted({*range(log_every, max_step + 1, log_every), max_step} - {0}) if log_every else []
+    log_loss = np.full((len(jobs), len(log_steps)), np.nan)
+    log_grad = np.full((len(jobs), len(log_steps)), np.nan)
     groups = _stream_groups(jobs)
     c_max = max((len(g) for g in groups), default=1)
     per_chunk = max(1, chunk // c_max)
@@ -115,7 +152,11 @@ def _train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[i
         m = torch.zeros_like(theta)
         v = torch.zeros_like(theta)
         snaps = torch.zeros(S, c_max, len(steps), dim)
-        si = 0
+        si = li = 0
+        loss_sum = torch.zeros(S, c_max, dtype=torch.float64)
+        since = 0
+        l_loss = torch.zeros(S, c_max, len(log_steps), dtype=torch.float64)
+        l_grad = torch.zeros(S, c_max, len(log_steps), dtype=torch.float64)
         if steps and steps[0] == 0:
             snaps[:, :, 0] = theta
             si = 1
@@ -129,6 +170,16 @@ def _train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[i
             coef = -(w[:, :, None] * torch.sigmoid(-margin)) / batch_size
             grad = torch.bmm(coef.transpose(1, 2), x) + 2.0 * pull * (theta - anchor)
             grad = grad * active
+            if log_every:  # the objective of this batch, before the step (as the gradient)
+                bl = (w[:, :, None] * F.softplus(-margin)).sum(1) / batch_size * active[..., 0]
+                loss_sum += (bl + (pull[..., 0] * ((theta - anchor) ** 2).sum(-1))).double()
+                since += 1
+                if li < len(log_steps) and t == log_steps[li]:
+                    l_loss[:, :, li] = loss_sum / since
+                    l_grad[:, :, li] = grad.double().norm(dim=-1)
+                    loss_sum.zero_()
+                    since = 0
+                    li += 1
             m.mul_(b1).add_(grad, alpha=1 - b1)
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
             mhat = m / (1 - b1**t)
@@ -142,8 +193,10 @@ def _train_heads(diffs: torch.Tensor, jobs: Sequence[HeadJob], steps: Sequence[i
         for s, g in enumerate(gs):
             for c, i in enumerate(g):
                 out[i] = sn[s, c]
+                if len(jobs[i].train_idx):  # a job without pairs trains nothing: its curve stays NaN
+                    log_loss[i], log_grad[i] = l_loss[s, c].numpy(), l_grad[s, c].numpy()
     bar.close()
-    return out
+    return out, (HeadLog(np.asarray(log_steps, dtype=np.int64), log_loss, log_grad) if log_every else None)
 
 
 def val_accuracy(diffs: torch.Tensor, jobs: Sequence[HeadJob], snapshots: np.ndarray) -> np.ndarray:

@@ -7,14 +7,19 @@ on every validation fold and chosen by the mean validation accuracy, as in head 
 come from the one batched forward pass (:func:`scpo.forward.rewards_of`).
 
 Interruptions (see ``docs/reliability.md``): every finished job leaves a record
-``WORK_DIR/jobs/<job>.json`` (test margins, pairs, choice, steps) and is skipped by a re-run; an
-unfinished job checkpoints every ``save_steps`` under ``WORK_DIR/checkpoints/<job>/`` and a re-run
+``WORK_DIR/jobs/<job>.json`` (test margins, pairs, choice, steps, the Trainer's log history) and is
+skipped by a re-run; an unfinished job checkpoints every ``save_steps`` under ``WORK_DIR/checkpoints/<job>/`` and a re-run
 resumes it from its last *complete* checkpoint (a checkpoint counts once scpo's marker file is
 written after the Trainer's save). Records and checkpoints carry a fingerprint of everything that
 determines the job (data, training rows, global model, select and train settings): one made under
 another config is never reused. Job and folder names carry a group's safe encoding
 (:func:`scpo.names.path_component`), never the raw name. Each training step, evaluation forward
 pass and skipped or resumed job is counted in the run's work log (:func:`scpo.rundir.log_work`).
+
+Training curves: each final job's ``state.log_history`` becomes its :attr:`FitResult.curves` entry
+(:func:`curve_of`; the run writes them to ``training_log.json``); ``--report-to`` trackers see the
+final jobs only, TensorBoard writing into ``WORK_DIR/tensorboard/<group>/<method>/seed<seed>/``
+(:mod:`scpo.tracking`).
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ from .names import path_component, rmtree_inside
 from .parallel import is_main_process
 from .rundir import atomic_write_json, log_work
 from .selection import method_pairs
+from .tracking import check_report_to, fit_log_dir
 from .trainer import PairCollator, SCPOTrainer, build_pair_dataset, training_arguments
 
-__all__ = ["fit_trainer_jobs", "job_fingerprint", "last_complete_checkpoint"]
+__all__ = ["curve_of", "fit_trainer_jobs", "job_fingerprint", "last_complete_checkpoint"]
 
 
 COMPLETE_MARKER = "scpo_checkpoint_complete"
@@ -83,6 +89,42 @@ class _ResumeCallback(TrainerCallback):
         if state.is_world_process_zero and ckpt.is_dir():
             atomic_write_json(ckpt / COMPLETE_MARKER, {"step": state.global_step})
         point("training")
+
+
+def _tensorboard_callback(log_dir: Path) -> TrainerCallback:
+    """transformers' ``TensorBoardCallback`` writing into ``log_dir`` (not under the job's output folder,
+    which is deleted when the job ends); only the main process writes, as the Trainer's own."""
+    from transformers.integrations import TensorBoardCallback
+
+    class _RunDirTensorBoard(TensorBoardCallback):
+        def _init_summary_writer(self, args: Any, log_dir_: Any = None) -> None:  # 4.x passes a log_dir, 5.x none
+            self.tb_writer = self._SummaryWriter(log_dir=str(log_dir))
+
+    return _RunDirTensorBoard()
+
+
+def curve_of(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Trainer job's ``state.log_history`` as a ``training_log.json`` fit: the logged steps as records
+    ``{"step", "loss", "grad_norm", "learning_rate", "epoch"}`` (those present), the end-of-training entry
+    (``train_loss``, ``train_runtime``, ...) as ``summary``."""
+    records, summary = [], {}
+    for e in log_history:
+        if "loss" in e:
+            records.append({"step": int(e.get("step", 0)), "loss": float(e["loss"]),
+                            **{k: float(e[k]) for k in ("grad_norm", "learning_rate", "epoch")
+                               if isinstance(e.get(k), (int, float))}})
+        elif "train_loss" in e:
+            summary = {k: v for k, v in e.items() if isinstance(v, (int, float))}
+    return {"kind": "trainer_log_history", "records": records, "summary": summary}
+
+
+def _checkpoint_history(ckpt: Path) -> list[dict[str, Any]]:
+    """The log history a checkpoint's ``trainer_state.json`` holds ([] when unreadable)."""
+    try:
+        hist = json.loads((ckpt / "trainer_state.json").read_text()).get("log_history", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return hist if isinstance(hist, list) else []
 
 
 def last_complete_checkpoint(out_dir: Path) -> tuple[Path | None, int]:
@@ -232,6 +274,7 @@ def fit_trainer_jobs(exp: Experiment, methods: list[str], seeds: list[int], *, t
     """
     cfg = exp.cfg
     tc = cfg.train
+    trackers = check_report_to(cfg.trainer.report_to, tc.mode)
     run_dir = Path(work_dir)
     jobs_dir = run_dir / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -263,17 +306,21 @@ def fit_trainer_jobs(exp: Experiment, methods: list[str], seeds: list[int], *, t
         rng = np.random.default_rng(stream_seed("subset", g, seed, fold))
         idx, wts = method_pairs(m, exp.delta[rows], tau, beta, rng)
         model = _make_model(rm, tc.mode, cfg.trainer, scratch=(m == "scratch"), seed=seed)
-        info = {"steps": c.steps, "steps_run": 0, "resumed_from_step": 0}
+        info: dict[str, Any] = {"steps": c.steps, "steps_run": 0, "resumed_from_step": 0, "log_history": []}
         if len(idx) == 0:
             return model, 0, 0.0, {}, info
         sel = rows[idx]
         (prompts, chosen), (_, rejected) = exp.texts(exp.chosen_row[sel]), exp.texts(exp.rejected_row[sel])
         ds = build_pair_dataset(rm.tokenizer, rm.formatter, prompts, chosen, rejected, wts)
         resumable = val_rows is None and job is not None
+        # trackers see the final fits only; TensorBoard writes into the work directory, not the job's folder
+        passed = [n for n in trackers if n != "tensorboard"] if resumable else []
         args = training_arguments(str(out_dir), tc, cfg.trainer, learning_rate=c.learning_rate, max_steps=c.steps, seed=seed,
-                                  save_steps=cfg.trainer.save_steps if resumable else 0)
+                                  save_steps=cfg.trainer.save_steps if resumable else 0, report_to=passed or "none")
         progress_cb = _ResumeCallback(job or "search")
         callbacks: list[TrainerCallback] = [progress_cb]
+        if resumable and "tensorboard" in trackers:
+            callbacks.append(_tensorboard_callback(fit_log_dir(run_dir, g, m, seed)))
         cb = None
         if val_rows is not None and len(val_rows):
             cb = _ValCallback(list(spec.steps), lambda mdl: val_accuracy(mdl, val_rows))
@@ -301,8 +348,10 @@ def fit_trainer_jobs(exp: Experiment, methods: list[str], seeds: list[int], *, t
         if last is not None and last_step >= max(1, c.steps):
             # the final step's checkpoint: load it, train nothing more
             trainer._load_from_checkpoint(str(last))
+            info["log_history"] = _checkpoint_history(last)
         else:
             trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
+            info["log_history"] = list(trainer.state.log_history)  # a resumed job's includes the steps before
         info["steps_run"] = progress_cb.steps_run
         return trainer.model, len(idx), float(np.sum(wts)), (cb.acc if cb else {}), info
 
@@ -310,6 +359,7 @@ def fit_trainer_jobs(exp: Experiment, methods: list[str], seeds: list[int], *, t
     used: dict[tuple[str, str, int], PairsUsed] = {}
     grid = spec.record()
     models: dict[str, str] = {}
+    curves: dict[tuple[str, str, int], dict[str, Any]] = {}
     gm = test_margins(rm.model)
     trained = [m for m in methods if m != "global"]
     for g in exp.groups:
@@ -327,6 +377,7 @@ def fit_trainer_jobs(exp: Experiment, methods: list[str], seeds: list[int], *, t
                     margins[(g, m, seed)] = np.asarray(rec["margins"])
                     used[(g, m, seed)] = PairsUsed(rec["pairs"], rec["weight_sum"])
                     grid["choices"].setdefault(g, {}).setdefault(m, {})[str(seed)] = rec["choice"]
+                    curves[(g, m, seed)] = curve_of(rec.get("log_history") or [])
                     if rec.get("model_dir"):
                         models[rec["model_name"]] = rec["model_dir"]
                     log_work("job_skipped", n=0, job=key)
@@ -350,6 +401,7 @@ def fit_trainer_jobs(exp: Experiment, methods: list[str], seeds: list[int], *, t
                 margins[(g, m, seed)] = test_margins(model)
                 used[(g, m, seed)] = PairsUsed(n_pairs, wsum)
                 grid["choices"].setdefault(g, {}).setdefault(m, {})[str(seed)] = choice.record()
+                curves[(g, m, seed)] = curve_of(info["log_history"])
                 rec = {"job": key, "fingerprint": fp, "margins": margins[(g, m, seed)].tolist(), "pairs": n_pairs,
                        "weight_sum": wsum, "choice": choice.record(), **info}
                 if m == "scpo" and seed == seeds[0] and save_models:
@@ -366,4 +418,4 @@ def fit_trainer_jobs(exp: Experiment, methods: list[str], seeds: list[int], *, t
                 log_work("job_trained", n=0, job=key, steps_run=info["steps_run"], resumed_from_step=info["resumed_from_step"])
                 rmtree_inside(out_dir, run_dir)
                 point("job")
-    return FitResult(margins=margins, used=used, grid=grid, models=models)
+    return FitResult(margins=margins, used=used, grid=grid, models=models, curves=curves)

@@ -26,10 +26,11 @@ from .experiment import Experiment, FitResult, group_sets, prepare, selection_su
 from .fitting import fit
 from .parallel import is_main_process
 from .provenance import code_revision, command_line
-from .report import write_run
+from .report import training_log, training_summary, write_run
 from .rundir import RunLock, check_directory, check_reuse, invalidate_other_run, run_fingerprint, work_summary
 from .studies.curves import curve_tables, fit_curves
 from .studies.sweep import run_sweep
+from .tracking import check_report_to, log_head_curves
 
 __all__ = ["evaluate_margins", "pooled_scope", "run", "summarize"]
 
@@ -107,6 +108,7 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
     main_process = is_main_process()  # under accelerate launch, rank 0 writes
     tc, st = cfg.train, cfg.studies
     check_directory(cfg.model.cache_dir, "--cache-dir")
+    trackers = check_report_to(cfg.trainer.report_to, tc.mode)  # an unknown or missing tracker stops the run here
     fingerprint = run_fingerprint(yaml.safe_load(cfg.to_yaml()))  # exactly what config.yaml will hold
     check_reuse(out_dir, fingerprint, overwrite=overwrite, resume=resume)  # every rank: all refuse together
     with RunLock(out_dir) if main_process else contextlib.nullcontext():
@@ -142,6 +144,8 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
             work = out_dir if i == 0 else out_dir / "splits" / f"split-seed-{ss}"
             res = fit(exp_s, methods, seeds, work_dir=work, save_models=None if i == 0 else False, progress=progress)
             timing["train"] += time.time() - t
+            if main_process and tc.mode == "head":  # the Trainer modes report while they train
+                log_head_curves(work, res.curves, trackers)
             # studies
             curves = None
             if fractions:
@@ -197,8 +201,10 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         timing["evaluate"] = time.time() - t
         results["timing_s"] = timing
         results["wall_time_s"] = time.time() - t0
+        training = training_log(cfg, [(s.info["split_seed"], s.fit.curves) for s in splits])
+        results["training"] = training_summary(training, trackers)
         # report
         if main_process:
             results["work"] = work_summary(out_dir, finishing=True)
-            write_run(out_dir, cfg, results, exp=exp, models=primary.fit.models)
+            write_run(out_dir, cfg, results, exp=exp, models=primary.fit.models, training=training)
     return results

@@ -10,6 +10,10 @@
 * ``report.md`` — the tables a person reads; ``plots/*.png``: accuracy per group and method with
   CI bars, learning curves, histograms of p and w per group, the cross-group heatmap, the
   tau x beta heatmap (when the run has those);
+* ``training_log.json`` — every final fit's training curve (head mode: the Adam steps' loss and
+  gradient norm, or the Newton solver's iterations; full/LoRA: the Trainer's log history), by
+  group, method, seed and split seed (:func:`training_log`; schema: ``docs/results-schema.md``);
+  ``results.json``'s ``training`` holds its summary and ``plots/training.png`` draws it;
 * ``models/`` — the artifact: the global model and the group models (:mod:`scpo.artifact`).
 
 Every file is written atomically (temporary name, then rename). ``scpo report RUN_DIR`` rebuilds
@@ -41,7 +45,11 @@ from .rundir import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:  # annotations only: the report reads results, the experiment is only passed on to the artifact writer
     from .experiment import Experiment
 
-__all__ = ["rebuild", "reference_files", "strict_json", "versions", "write_run"]
+__all__ = ["TRAINING_LOG", "rebuild", "reference_files", "strict_json", "training_log", "training_summary", "versions",
+           "write_run"]
+
+TRAINING_LOG = "training_log.json"
+"""File name of the training curves inside a run directory."""
 
 
 VERSIONED = ("numpy", "tokenizers", "safetensors", "huggingface_hub", "peft", "accelerate", "pyarrow")
@@ -106,13 +114,69 @@ def reference_files(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             {"full_report.json": full, "partial_report.json": partial, "edited_ratios.json": ratios}.items()}
 
 
+def training_log(cfg: RunConfig, splits: list[tuple[int, dict[Any, Any]]]) -> dict[str, Any]:
+    """``training_log.json``: every final fit's curve, from ``(split_seed, FitResult.curves)`` per split.
+
+    One entry per (split seed, group, method, seed) in ``fits``: ``kind`` (``adam_steps``,
+    ``newton_iterations`` or ``trainer_log_history``), ``records`` (``step`` or ``iteration``, ``loss``,
+    ``grad_norm`` and, from the Trainer, ``learning_rate`` and ``epoch``) and the fit's other fields
+    (its learning rate and pull, the solver's convergence, the Trainer's end-of-training summary).
+    """
+    tc = cfg.train
+    fits = []
+    for split_seed, curves in splits:
+        for (g, m, seed), c in curves.items():
+            fits.append({"split_seed": int(split_seed), "group": g, "method": m, "seed": int(seed), **c})
+    return {"scpo_training_log_version": 1, "mode": tc.mode,
+            "solver": tc.head_solver if tc.mode == "head" else "trainer", "fits": strict_json(fits)}
+
+
+SHOWN_GROUPS = 8
+"""``results.json``'s ``training.shown`` keeps at most this many groups' curves per method (the plot's)."""
+
+
+def training_summary(log: dict[str, Any], trackers: list[str]) -> dict[str, Any]:
+    """``results.json``'s ``training``: where the log is, per method the fits and median first/last loss,
+    and ``shown``: the curves ``plots/training.png`` draws (the first split seed and training seed, at
+    most :data:`SHOWN_GROUPS` groups per method), so the plot is redrawn from ``results.json`` alone."""
+    per: dict[str, dict[str, list[float]]] = {}
+    for f in log["fits"]:
+        recs = [r for r in f["records"] if r.get("loss") is not None]
+        d = per.setdefault(f["method"], {"first": [], "last": [], "points": []})
+        if recs:
+            d["first"].append(recs[0]["loss"])
+            d["last"].append(recs[-1]["loss"])
+            d["points"].append(len(recs))
+    methods = {m: {"fits": len(d["points"]), "median_first_loss": float(np.median(d["first"])) if d["first"] else None,
+                   "median_last_loss": float(np.median(d["last"])) if d["last"] else None,
+                   "median_points": float(np.median(d["points"])) if d["points"] else None} for m, d in per.items()}
+    kinds = sorted({f["kind"] for f in log["fits"]})
+    drawn = [f for f in log["fits"] if f["records"]]
+    shown = []
+    if drawn:
+        split0, seed0 = min(f["split_seed"] for f in drawn), min(f["seed"] for f in drawn)
+        for m in dict.fromkeys(f["method"] for f in drawn):
+            mine = [f for f in drawn if f["method"] == m and f["split_seed"] == split0 and f["seed"] == seed0]
+            for f in mine[:SHOWN_GROUPS]:
+                x = "iteration" if "iteration" in f["records"][0] else "step"
+                shown.append({"group": f["group"], "method": m, "seed": seed0, "split_seed": split0, "x": x,
+                              "steps": [r.get(x) for r in f["records"]], "loss": [r.get("loss") for r in f["records"]]})
+    out: dict[str, Any] = {"log": TRAINING_LOG, "mode": log["mode"], "solver": log["solver"], "kinds": kinds,
+                           "fits": len(log["fits"]), "methods": methods, "report_to": list(trackers), "shown": shown}
+    if "tensorboard" in trackers:
+        out["tensorboard_dir"] = "tensorboard"
+    return out
+
+
 def write_run(run_dir: str | Path, cfg: RunConfig, results: dict[str, Any], exp: Experiment | None = None,
-              models: dict | None = None) -> None:
-    """Write config, results, reference files, report, plots and models into ``run_dir``."""
+              models: dict | None = None, training: dict[str, Any] | None = None) -> None:
+    """Write config, results, reference files, training log, report, plots and models into ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     results.setdefault("versions", versions())
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if training is not None:
+        atomic_write_json(run_dir / TRAINING_LOG, training)
     if models is not None and exp is not None and cfg.output.save_models:
         save_models(run_dir, exp, models, results)
     saved = strict_json(results)  # the report is built from exactly what results.json holds

@@ -290,6 +290,7 @@ def build_report(results: dict[str, Any]) -> str:
                      f"{as_float(s['mean_weight_kept']):.3f} | {_fmt(s['global_train_accuracy'])} |")
     lines.append("")
     lines += _sweep_section(results)
+    lines += _training_section(results)
     for extra in results.get("report_sections", []):
         lines += [extra, ""]
     plots = results.get("plots", [])
@@ -313,6 +314,34 @@ def _cell(row: dict[str, Any], subset: str, method: str) -> str:
 def _n_runs(results: dict[str, Any]) -> int:
     """Runs (split seed × training seed) behind every mean."""
     return len(results.get("runs", [])) or len(results.get("split_seeds") or [0]) * len(results["seeds"])
+
+
+def _training_section(results: dict[str, Any]) -> list[str]:
+    """How the fits trained: per method the fits and median loss at the first and last recorded point,
+    where the curves are (``training_log.json``, the plot, TensorBoard)."""
+    tr = results.get("training")
+    if not tr:
+        return []
+    what = {"adam_steps": "the mini-batch objective of Adam's steps (mean over the steps since the last point) and "
+                          "the gradient norm", "newton_iterations": "the Newton solver's objective and gradient norm "
+                          "at each iteration", "trainer_log_history": "the Trainer's log history (loss, grad_norm, "
+                          "learning_rate every `logging_steps`)"}
+    lines = ["## Training", "",
+             f"Every final fit's curve ({tr['fits']} fits; " + "; ".join(what.get(k, k) for k in tr.get("kinds", []))
+             + f") is in `{tr['log']}`" + (", drawn in `plots/training.png`" if "plots/training.png" in results.get("plots", [])
+                                            else "") + ". Median over fits:", "",
+             "| method | fits | loss at the first point | loss at the last point | points per fit |", "|---|---|---|---|---|"]
+    for m, r in tr.get("methods", {}).items():
+        first, last = as_float(r.get("median_first_loss")), as_float(r.get("median_last_loss"))
+        lines.append(f"| {m} | {r.get('fits')} | {'–' if math.isnan(first) else f'{first:.4g}'} | "
+                     f"{'–' if math.isnan(last) else f'{last:.4g}'} | {_fmt(r.get('median_points'), False)} |")
+    lines.append("")
+    if tr.get("report_to"):
+        lines.append("Reported to: " + ", ".join(f"`{t}`" for t in tr["report_to"])
+                     + (f" (`tensorboard --logdir {tr['tensorboard_dir']}` in the run directory)" if tr.get("tensorboard_dir") else "")
+                     + ".")
+        lines.append("")
+    return lines
 
 
 def _bias(results: dict[str, Any]) -> list[str]:

@@ -60,7 +60,7 @@ WORK_LOG = "work.jsonl"
 """File name of the work log inside a run directory."""
 
 RUN_OUTPUTS = ("results.json", "report.md", "full_report.json", "partial_report.json", "edited_ratios.json",
-               "plots", "models", "config.yaml")
+               "plots", "models", "config.yaml", "training_log.json", "tensorboard")
 """What a finished run leaves in its directory and a run of another config invalidates (``results.json``
 first: it is the commit point). Job records and checkpoints carry their own fingerprints and stay."""
 

@@ -183,7 +183,7 @@ def training_arguments(output_dir: str, train_cfg: Any, trainer_cfg: Any, *, lea
         report_to=trainer_cfg.report_to,
         dataloader_num_workers=trainer_cfg.dataloader_num_workers,
         remove_unused_columns=False,
-        logging_steps=10,
+        logging_steps=max(1, min(10, max_steps // 10)),  # at least ~10 points of the curve in a short job
         save_strategy="steps" if save_steps > 0 else "no",
         save_steps=save_steps if save_steps > 0 else 500,
         save_total_limit=1,

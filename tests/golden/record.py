@@ -38,6 +38,9 @@ exactly, floats included, as JSON text):
 
 * ``timing_s``, ``wall_time_s``: wall-clock timings.
 * ``versions``: package versions.
+* ``training``: the summary of the training curves (``training_log.json``, issue 14), added after
+  these files were recorded; the fits it summarises are the ones whose margins and accuracies
+  are compared.
 * ``work``: the work log (process ids, attempt ids, counts of steps/forward passes actually done).
 * ``scoring.cached``, ``scoring.computed``, ``scoring.forward_passes``, ``scoring.processes``,
   ``scoring.corrupt_cache_shards``: feature-cache counters, which depend on what is in the cache
@@ -125,7 +128,7 @@ SCORED = [
 ]
 """Fixed (prompt, response) pairs scored by the exported checkpoints (the last one is truncated)."""
 
-DROP_TOP = ("timing_s", "wall_time_s", "versions", "work")
+DROP_TOP = ("timing_s", "wall_time_s", "versions", "work", "training")
 DROP_SCORING = ("cached", "computed", "forward_passes", "processes", "corrupt_cache_shards")
 
 
