@@ -53,7 +53,7 @@ def test_sweep_command_parses_lists_and_uses_its_defaults(monkeypatch, capsys):
     results = nan_for_null(tiny_run()[0])
     seen = {}
 
-    def fake_run(cfg, progress=True):
+    def fake_run(cfg, progress=True, **kwargs):
         seen["cfg"] = cfg
         return results
 

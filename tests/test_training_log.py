@@ -66,7 +66,7 @@ def test_head_mode_writes_the_curves_and_tensorboard_event_files(tmp_path):
     report has a Training section and plot, and --report-to tensorboard writes event files with the
     same points."""
     out, cache = tmp_path / "run", tmp_path / "cache"
-    assert _run(out, cache, *TINY, "--steps", "40", "--seeds", "0,1", "--report-to", "tensorboard") == 0
+    assert _run(out, cache, *TINY, "--head-solver", "adam", "--steps", "40", "--seeds", "0,1", "--report-to", "tensorboard") == 0
     log = json.loads((out / "training_log.json").read_text())
     res = json.loads((out / "results.json").read_text())
     groups = res["data"]["groups"]

@@ -128,7 +128,7 @@ SCORED = [
 ]
 """Fixed (prompt, response) pairs scored by the exported checkpoints (the last one is truncated)."""
 
-DROP_TOP = ("timing_s", "wall_time_s", "versions", "work", "training")
+DROP_TOP = ("timing_s", "wall_time_s", "versions", "work", "training", "code")
 DROP_SCORING = ("cached", "computed", "forward_passes", "processes", "corrupt_cache_shards")
 
 
