@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also report how many differences lie within this relative tolerance (exit status stays exact)")
     ap.add_argument("--cache-dir", default=None,
                     help="feature cache to use (default: a fresh one; a warm one is faster and must give the same results)")
+    ap.add_argument("--portable", action="store_true", help="compare as the suite does (record.diff portable=True)")
     ap.add_argument("--work-dir", default=None, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args(argv)
     cases = list(golden.CASES) if args.all else (args.cases or ["e", "f"])
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ran {', '.join(cases)} in {time.time() - t0:.0f} s")
     bad = 0
     for c in cases:
-        lines = golden.diff(golden.load(c), got[c])
+        lines = golden.diff(golden.load(c), got[c], portable=args.portable)
         if not lines:
             print(f"case {c} ({golden.CASES[c]['file']}): identical")
             continue

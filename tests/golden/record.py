@@ -52,11 +52,10 @@ exactly, floats included, as JSON text):
 * any string that contains the run's output directory, the cache directory or the temporary
   folder (absolute paths) is replaced by a placeholder; none occurs in today's results.json.
 
-Tolerance: none. Every value is compared exactly (the project measured full-mode margins identical
-to 0.0 between runs on one machine, and these files were recorded and rerun identically here). A
-float tolerance may only be introduced with a measured reason; :func:`diff` takes ``rel_tol``
-(default 0) so that ``bench/check_golden.py --rel-tol 1e-6`` can show whether a difference is
-floating-point noise or a real change, without the test accepting it.
+Tolerance: on one machine every value is the same bit for bit (measured); another CPU changes the
+last bits. The suite compares with ``diff(..., portable=True)``, whose rules and measured reason
+are in :func:`diff`'s docstring; ``bench/check_golden.py`` compares exactly (``--portable`` for the
+suite's rule, ``--rel-tol`` to see how far a difference goes).
 
 Re-record (on the commit whose behaviour is the reference; about 1 min for the suite cases,
 ``e`` about 1 min, ``f`` about 2 min on 2 cores)::
@@ -267,13 +266,47 @@ def dump(obj: dict) -> str:
     return json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n"
 
 
-def diff(expected, actual, path: str = "", rel_tol: float = 0.0, limit: int = 200) -> list[str]:
-    """Every difference between two JSON values, as 'path: expected -> actual' lines (exact unless rel_tol)."""
+PORTABLE_REL_TOL = 1e-4
+"""Tolerance of :func:`diff` with ``portable=True`` (relative, and the same absolute below 1)."""
+GRAD_NORM_CONVERGED = 1e-6
+"""``portable``: two gradient norms both below this are the same (both solves converged)."""
+
+
+def no_pull_cell(expected: dict) -> int | None:
+    """Index of the grid cell without a pull (pull 0) in ``expected``'s results, if it has one."""
+    res = expected.get("results") or {}
+    pulls = (res.get("grid") or {}).get("pulls") or (res.get("global_model") or {}).get("pulls") or []
+    return next((i for i, p in enumerate(pulls) if p == 0), None)
+
+
+def diff(expected, actual, path: str = "", rel_tol: float = 0.0, limit: int = 200, portable: bool = False) -> list[str]:
+    """Every difference between two JSON values, as 'path: expected -> actual' lines (exact unless rel_tol).
+
+    ``portable``: what another CPU may change with the same code, measured (2026-12-02: the files of
+    one machine rerun on a fresh AMD EPYC machine of the same kind): floats within
+    :data:`PORTABLE_REL_TOL` (solver losses differed by at most 1e-7 relative, exported rewards by
+    5e-7 absolute); converged gradient norms (1e-14 ... 1e-7, which differed by up to 10%) both
+    below :data:`GRAD_NORM_CONVERGED`; the validation grid's no-pull cell skipped (on a nearly
+    separable fold it has no finite optimum: its log-loss differed by up to 2.6% and its accuracy by
+    one pair); tensor sha256 hashes skipped (the last bits of trained weights differ; the weights
+    are compared through the results they give: every choice, accuracy and exported reward). Every
+    choice and every test accuracy was identical.
+    """
     out: list[str] = []
+    tol = max(rel_tol, PORTABLE_REL_TOL if portable else 0.0)
+    skip_cell = no_pull_cell(expected) if portable and isinstance(expected, dict) else None
 
     def walk(e, a, p):
         if len(out) >= limit:
             return
+        if portable:
+            if skip_cell is not None and p.endswith(f"_grid[{skip_cell}]"):
+                return
+            if "safetensors." in p and isinstance(e, str) and isinstance(a, str) and len(e) == len(a) == 64:
+                return
+            if (p.endswith("grad_norm") and isinstance(e, (int, float)) and isinstance(a, (int, float))
+                    and abs(e) < GRAD_NORM_CONVERGED and abs(a) < GRAD_NORM_CONVERGED):
+                return
         if isinstance(e, dict) and isinstance(a, dict):
             for k in sorted(set(e) | set(a)):
                 if k not in a:
@@ -290,7 +323,7 @@ def diff(expected, actual, path: str = "", rel_tol: float = 0.0, limit: int = 20
         elif (isinstance(e, float) and isinstance(a, (int, float)) and not isinstance(a, bool)
               and not isinstance(e, bool)):
             same = (e == a) or (math.isnan(e) and isinstance(a, float) and math.isnan(a))
-            if not same and rel_tol > 0 and math.isclose(e, a, rel_tol=rel_tol, abs_tol=rel_tol):
+            if not same and tol > 0 and math.isclose(e, a, rel_tol=tol, abs_tol=tol):
                 same = True
             if not same:
                 out.append(f"{p}: {e!r} -> {a!r}")
