@@ -295,6 +295,24 @@ def test_population_groups_flag_and_yaml(tmp_path, capsys):
     assert out["stats"]["population_groups"] == ["Pool", "Chile"] and list(out["groups"]) == ["Mexico"]
 
 
+def test_singular_repeatable_flags_take_whole_names(tmp_path, capsys):
+    """``--population-group NAME`` and ``--group NAME`` (repeatable) keep a name's comma: the plural
+    flags split on commas, so a name like 'Team, north' needs the singular one."""
+    rows = [{"prompt": f"Prompt {i}", "chosen": f"good {i} {g}", "rejected": f"bad {i} {g}", "group": g}
+            for i in range(3) for g in ("Pool, main", "Pool two", "Team, north", "Chile")]
+    f = jsonl(tmp_path / "p.jsonl", rows)
+    assert main(["data", "inspect", "--dataset", "pairs", "--data-path", str(f), "--population-group", "Pool, main",
+                 "--population-group", "Pool two", "--group", "Team, north", "--groups", "Chile", "--json",
+                 "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stats"]["population_groups"] == ["Pool, main", "Pool two"]
+    assert list(out["groups"]) == ["Team, north", "Chile"]  # in the order given: the lists add up
+    # the plural flag splits the same name in two, and the error names the closest real name
+    assert main(["data", "inspect", "--dataset", "pairs", "--data-path", str(f), "--population-groups",
+                 "Pool, main", "--json", "--quiet"]) == 2
+    assert "'Pool'" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------
 # end to end: each new format through `scpo run` with tiny settings
 

@@ -62,14 +62,34 @@ class BoolFlag(argparse.Action):
 
 class ListFlag(argparse.Action):
     """A list field: values space and/or comma separated (``--seeds 0 1 2``, ``--seeds 0,1,2``);
-    ``--split-seeds ""`` is the empty list. Items are parsed and checked by the config."""
+    ``--split-seeds ""`` is the empty list. Items are parsed and checked by the config. With ``extend``
+    (the group-name lists, :data:`NAME_FLAGS`) a repeated flag, or the singular one, adds to the list."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+    def __init__(self, option_strings: Sequence[str], dest: str, extend: bool = False, **kwargs: Any) -> None:
+        self.extend = extend
         super().__init__(option_strings, dest, nargs="+", **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, [v.strip() for text in values for v in str(text).split(",") if v.strip()])
+        items = [v.strip() for text in values for v in str(text).split(",") if v.strip()]
+        before = (getattr(namespace, self.dest, None) or []) if self.extend else []
+        setattr(namespace, self.dest, [*before, *items])
+
+
+class AppendName(argparse.Action):
+    """``--group NAME`` / ``--population-group NAME``: one whole group name (commas and spaces kept),
+    repeatable; adds to the list that ``--groups`` / ``--population-groups`` give."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=None, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), str(values)])
+
+
+NAME_FLAGS = {"groups": "--group", "population_groups": "--population-group"}
+"""List fields of group names that also have a singular, repeatable flag taking one whole name."""
 
 
 def _kind(f: dataclasses.Field) -> str:
@@ -100,7 +120,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                    help=f"{text} (default: {'on' if default else 'off'})")
             elif kind == "list":
                 group.add_argument(flag, dest=f.name, default=None, action=ListFlag, metavar=f.name.upper(),
-                                   help=f"{text}; space or comma separated (default: {shown})")
+                                   extend=f.name in NAME_FLAGS, help=f"{text}; space or comma separated (default: {shown})")
+                if f.name in NAME_FLAGS:
+                    group.add_argument(NAME_FLAGS[f.name], dest=f.name, default=None, action=AppendName, metavar="NAME",
+                                       help=f"one name for {flag}, taken whole (a name with a comma or a space); "
+                                            "repeatable, adds to the list")
             else:
                 group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
                                    help=f"{text} (default: {shown})")
