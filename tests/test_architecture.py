@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ("scpo.pipeline", "scpo.fitting", "scpo.jobs", "scpo.trainer", "scpo.heads", "scpo.experiment", "scpo.score",
-            "scpo.studies")
+            "scpo.studies", "scpo.pooler")
 
 
 def test_import_contracts_are_kept() -> None:

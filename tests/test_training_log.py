@@ -57,7 +57,7 @@ def test_logged_head_training_is_the_same_training_and_logs_its_objective():
     every = train_heads_logged(diffs, [job], [40], batch_size=16, log_every=15)[1]
     assert np.isnan(log.loss[1]).all() and np.isnan(log.grad_norm[1]).all()
     assert every.steps.tolist() == [15, 30, 40]  # and the last step
-    assert every.loss[0, 0] == pytest.approx(log.loss[0, :15].mean(), rel=1e-9)  # the window's mean
+    assert every.loss[0, 0] == pytest.approx(log.loss[0, :15].mean(), rel=1e-6)  # the window's mean (float32 sums)
     assert log.records(0)[0] == {"step": 1, "loss": log.loss[0, 0], "grad_norm": log.grad_norm[0, 0]}
 
 

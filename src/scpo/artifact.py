@@ -8,7 +8,10 @@ it elsewhere and completes it). Its layout, written by :func:`save_models` and c
 * the group models, by ``mode``:
 
   - ``head``: ``heads.safetensors``, keys ``<group>/<method>`` -> score-layer weight ``[d]`` over
-    the global model's encoder (the bias, shared, in the file's metadata);
+    the global model's encoder (the bias, shared, in the file's metadata); with
+    ``--head-layers pooler`` (``manifest["head_layers"] == "pooler"``, ``manifest["pooler"]`` naming
+    the dense layer and its activation) also ``poolers.safetensors``, the same keys ->
+    ``[h, h + 1]``: each model's pooler dense weight with its bias as the last column;
   - ``lora``: ``adapters/<folder>/``, one PEFT adapter per group over ``global/``;
   - ``full``: ``groups/<folder>/``, one transformers checkpoint per group;
 
@@ -49,6 +52,7 @@ import yaml
 from .cards import group_card
 from .errors import InputError, ScpoError
 from .hashing import files_fingerprint
+from .model import PoolerHead
 from .names import is_inside, path_component, rmtree_inside
 
 if TYPE_CHECKING:  # for annotations only: the writer's caller holds an experiment, readers never do
@@ -286,14 +290,22 @@ def save_models(run_dir: Path, exp: Experiment, models: dict, results: dict[str,
         (tmp / "global").mkdir(parents=True)
         exp.rm.model.save_pretrained(tmp / "global")
         exp.rm.tokenizer.save_pretrained(tmp / "global")
+        pooled = results["mode"] == "head" and exp.pooler_inputs is not None
         if results["mode"] == "head":
             seed = results["seeds"][0]
-            heads = {}
+            heads, poolers = {}, {}
             for (g, m, s), w in models.items():
                 if s == seed and m != "global":
+                    if isinstance(w, PoolerHead):
+                        poolers[f"{g}/{m}"] = torch.from_numpy(np.concatenate(
+                            [np.asarray(w.weight, np.float32), np.asarray(w.bias, np.float32)[:, None]], axis=1)).contiguous()
+                        w = w.score
                     heads[f"{g}/{m}"] = torch.as_tensor(np.asarray(w, dtype=np.float32)).contiguous()
             (tmp / "heads.safetensors").write_bytes(
                 safetensors_bytes(heads, {"seed": str(seed), "bias": str(float(exp.rm.head_params()[1]))}))
+            if pooled:
+                (tmp / "poolers.safetensors").write_bytes(
+                    safetensors_bytes(poolers, {"seed": str(seed), **exp.rm.pooler_spec.to_dict()}))
         else:
             for name, path in models.items():
                 if not is_inside(tmp / name, tmp) or not is_inside(path, run_dir):
@@ -315,13 +327,21 @@ def save_models(run_dir: Path, exp: Experiment, models: dict, results: dict[str,
             bias = float(exp.rm.head_params()[1])
             raw = {"global": feats @ exp.rm.head_params()[0].numpy().astype(np.float64) + bias}
             for key, w in heads.items():
-                raw[key] = feats @ w.numpy().astype(np.float64) + bias
+                if pooled:  # each model through its own pooler, from the pooler's inputs
+                    pw = poolers[key].numpy()
+                    raw[key] = PoolerHead(pw[:, :-1], pw[:, -1], w.numpy()).rewards(
+                        exp.pooler_inputs[pick], exp.rm.pooler_spec.activation, bias)
+                else:
+                    raw[key] = feats @ w.numpy().astype(np.float64) + bias
             calibration = raw
         manifest = {
             "mode": results["mode"], "groups": results["data"]["groups"], "methods": results["methods"],
             "score_layer": exp.rm.score_layer_name, "formatter": exp.rm.formatter.to_dict(),
             "global_model": results["global_model"], "run_fingerprint": results.get("run_fingerprint"),
         }
+        if pooled:
+            manifest["head_layers"] = "pooler"
+            manifest["pooler"] = exp.rm.pooler_spec.to_dict()
         if results["mode"] != "head":  # each group's folder, named by its safe encoding, never by the raw name
             sub = MODE_FOLDERS[results["mode"]]
             manifest["paths"] = {g: f"{sub}/{path_component(g)}" for g in results["data"]["groups"]

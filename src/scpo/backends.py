@@ -1,7 +1,8 @@
 """Model holders of an artifact, one per mode: raw (uncalibrated) rewards of its global and group models.
 
 * :class:`HeadBackend` -- one encoder; the group models are linear score layers over its features,
-  so one forward pass scores every group;
+  so one forward pass scores every group (``--head-layers pooler`` artifacts: each model is its own
+  pooler dense layer and score layer over the encoder's first-token states, still one pass);
 * :class:`LoraBackend` -- one base model with every group's adapter attached; groups switch adapters;
 * :class:`FullBackend` -- a checkpoint per group, each loaded on first use.
 
@@ -25,7 +26,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from .artifact import GLOBAL, MODE_FOLDERS, group_dir
 from .errors import ScpoError
 from .forward import Tokens, forward, plan, score_module, tokenize
-from .model import InputFormatter, find_score_layer
+from .model import POOLER_ACTIVATIONS, InputFormatter, PoolerHead, PoolerSpec, find_score_layer
 
 __all__ = ["BACKENDS", "Backend", "ExportBackend", "FullBackend", "HeadBackend", "LoraBackend", "load_checkpoint"]
 
@@ -74,12 +75,14 @@ class Backend:
         return tokens
 
     def _forward(self, model: nn.Module, tokens: Tokens, rows: np.ndarray,
-                 output: Literal["features", "rewards"]) -> np.ndarray:
-        """Features (score-layer inputs, float32) or rewards (float64) of ``rows``: :func:`scpo.forward.forward`."""
+                 output: Literal["features", "rewards"], module: nn.Module | None = None) -> np.ndarray:
+        """Features (float32 inputs of ``module``, default the score layer) or rewards (float64) of ``rows``:
+        :func:`scpo.forward.forward`."""
         sub = np.asarray(rows, dtype=np.int64)
         batches = [sub[b] for b in plan(tokens.lengths[sub], self.batch_size)]
         run = forward(model, tokens, batches, pad_id=self.tokenizer.pad_token_id or 0, output=output,
-                      module=score_module(model, self.score_layer_name), work="serving_forward_passes")
+                      module=module if module is not None else score_module(model, self.score_layer_name),
+                      work="serving_forward_passes")
         pos = {int(r): j for j, r in enumerate(sub)}
         out = None
         for i, res in run:
@@ -125,6 +128,44 @@ class HeadBackend(Backend):
         bad = [k for k, w in self.weights.items() if w.shape[0] != d]
         if bad:
             raise ScpoError(f"{hp}: heads {bad} do not match the score layer's {d} features")
+        self.pooler: PoolerSpec | None = None
+        self.poolers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if manifest.get("head_layers") == "pooler":
+            self._load_poolers(models_dir, manifest, d)
+
+    def _load_poolers(self, models_dir: Path, manifest: dict[str, Any], d: int) -> None:
+        """``--head-layers pooler``: every model's pooler dense layer (the global one from ``global/``)."""
+        spec = manifest.get("pooler") or {}
+        if not isinstance(spec, dict) or spec.get("activation") not in POOLER_ACTIVATIONS or not isinstance(spec.get("name"), str):
+            raise ScpoError(f"{models_dir}/manifest.json: head_layers pooler without a pooler name and known activation "
+                            f"({', '.join(POOLER_ACTIVATIONS)}): {spec!r}")
+        self.pooler = PoolerSpec(spec["name"], spec["activation"])
+        try:
+            dense = self.model.get_submodule(self.pooler.name)
+        except AttributeError:
+            raise ScpoError(f"{models_dir}/global: no pooler layer {self.pooler.name!r}") from None
+        if not isinstance(dense, nn.Linear) or dense.out_features != d:
+            raise ScpoError(f"{models_dir}/global: {self.pooler.name!r} is not a linear layer of {d} outputs")
+        self.pooler_module = dense
+        self.poolers[GLOBAL] = (dense.weight.detach().double().cpu().numpy(),
+                                dense.bias.detach().double().cpu().numpy() if dense.bias is not None else np.zeros(d))
+        pp = models_dir / "poolers.safetensors"
+        if not pp.is_file():
+            raise ScpoError(f"{models_dir}: head_layers pooler but no poolers.safetensors")
+        with safe_open(str(pp), framework="pt") as f:
+            for k in f.keys():  # noqa: SIM118 - safe_open has no iteration protocol
+                t = f.get_tensor(k).double().numpy()
+                if t.shape != (dense.out_features, dense.in_features + 1):
+                    raise ScpoError(f"{pp}: {k!r} has shape {list(t.shape)}, not "
+                                    f"{[dense.out_features, dense.in_features + 1]} (the pooler's weight and bias)")
+                self.poolers[k] = (t[:, :-1], t[:, -1])
+        missing = [k for k in self.weights if k not in self.poolers]
+        if missing:
+            raise ScpoError(f"{pp}: no pooler for {missing}")
+
+    def pooler_of(self, model_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``--head-layers pooler``: the (weight [h, h], bias [h]) of a model's pooler dense layer; None otherwise."""
+        return self.poolers.get(model_id) if self.pooler is not None else None
 
     def model_ids(self) -> list[str]:
         return list(self.weights)
@@ -145,12 +186,17 @@ class HeadBackend(Backend):
         if len(union) == 0:
             return out
         tokens = self.encode([prompts[i] for i in union], [responses[i] for i in union])
-        f64 = self._forward(self.model, tokens, np.arange(len(union)), "features").astype(np.float64)
+        module = self.pooler_module if self.pooler is not None else None  # pooler mode: the pooler's inputs
+        f64 = self._forward(self.model, tokens, np.arange(len(union)), "features", module).astype(np.float64)
         pos = {int(u): j for j, u in enumerate(union)}
         for m, rows in need.items():
             w, b = self.head(m)
             sel = np.array([pos[int(i)] for i in rows], dtype=np.int64)
-            out[m][np.asarray(rows, dtype=np.int64)] = f64[sel] @ w + b
+            if self.pooler is not None:
+                pw, pb = self.poolers[m]
+                out[m][np.asarray(rows, dtype=np.int64)] = PoolerHead(pw, pb, w).rewards(f64[sel], self.pooler.activation, b)
+            else:
+                out[m][np.asarray(rows, dtype=np.int64)] = f64[sel] @ w + b
         return out
 
 

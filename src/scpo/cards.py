@@ -140,8 +140,10 @@ def group_card(group: str, manifest: dict[str, Any], method: str) -> str:
         f"* Global model: `{gm.get('model', '?')}`" + (f" (`{PACKAGED_MODEL}`)" if gm.get("model") == "packaged" else "")
         + f" ({gm.get('trained_on', '')}).",
         f"* Group model: mode `{mode}` ("
-        + {"head": "the score layer over the frozen global encoder", "lora": "a LoRA adapter over the global model",
-           "full": "full fine-tuning of the global model"}.get(str(mode), "?")
+        + ("the pooler's dense layer and the score layer over the frozen global encoder"
+           if mode == "head" and manifest.get("head_layers") == "pooler" else
+           {"head": "the score layer over the frozen global encoder", "lora": "a LoRA adapter over the global model",
+            "full": "full fine-tuning of the global model"}.get(str(mode), "?"))
         + f"), method `{method}`.",
         f"* SCPO selection: keep a training pair where sigmoid(Δ) < τ = {manifest.get('tau', '?')}, weight it "
         f"w = min(exp(Δ/β), 1) with β = {manifest.get('beta', '?')} (Δ: the global model's margin).",
@@ -152,8 +154,12 @@ def group_card(group: str, manifest: dict[str, Any], method: str) -> str:
                      + (f"{sel['mean_weight_kept']:.3f}" if isinstance(sel.get("mean_weight_kept"), (int, float)) else "–") + ".")
     if choices:
         c0 = next(iter(choices.values()))
-        lines.append(f"* Chosen on validation folds: learning rate {c0.get('learning_rate')}, pull {c0.get('pull')}, "
-                     f"steps {c0.get('steps')} (validation accuracy {pct(c0.get('val_accuracy'))}).")
+        if c0.get("learning_rate") is None:  # head mode solved to convergence: the pull is the only choice
+            lines.append(f"* Chosen on validation folds: pull {c0.get('pull')} (layer solved to convergence; "
+                         f"validation accuracy {pct(c0.get('val_accuracy'))}).")
+        else:
+            lines.append(f"* Chosen on validation folds: learning rate {c0.get('learning_rate')}, pull {c0.get('pull')}, "
+                         f"steps {c0.get('steps')} (validation accuracy {pct(c0.get('val_accuracy'))}).")
     if tc:
         lines.append(f"* Seeds {manifest.get('seeds', tc.get('seeds'))}; batch size {tc.get('batch_size')}"
                      + (f"; LoRA r = {tc.get('lora_r')}, α = {tc.get('lora_alpha')}" if mode == "lora" else "") + ".")

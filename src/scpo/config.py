@@ -278,6 +278,12 @@ class TrainConfig:
         "Bradley-Terry log-loss) or accuracy (highest mean validation accuracy); ties go to the larger pull",
         default="log_loss",
     )
+    head_layers: str = _help(
+        "head mode's trained layers: score (the score layer alone, on its cached inputs) or pooler (the pooler's "
+        "dense layer and the score layer of encoder reward models with a pooler, BERT/RoBERTa/DeBERTa-v2, on "
+        "cached first-token states; non-convex, Adam from the global model's values)",
+        default="score",
+    )
     global_learning_rate: float = _help("learning rate of the offline global model's head", default=3e-3)
     global_steps: int = _help("training steps of the offline global model's head", default=1500)
     def __post_init__(self) -> None:
@@ -301,6 +307,10 @@ class TrainConfig:
             raise ConfigError(f"--head-pulls must be finite values >= 0, got {short(self.head_pulls)}")
         if self.head_criterion not in ("log_loss", "accuracy"):
             raise ConfigError(f"--head-criterion must be log_loss or accuracy, got {self.head_criterion!r}")
+        if self.head_layers not in ("score", "pooler"):
+            raise ConfigError(f"--head-layers must be score or pooler, got {short(self.head_layers)}")
+        if self.head_layers == "pooler" and self.mode != "head":
+            raise ConfigError(f"--head-layers pooler trains head mode's layers only (--mode head), not --mode {self.mode}")
         if any(not 0 <= p < math.inf for p in self.pulls):
             raise ConfigError(f"--pulls must be finite and >= 0, got {short(self.pulls)}")
         if any(s < 0 for s in self.seeds):

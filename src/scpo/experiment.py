@@ -93,6 +93,9 @@ class Experiment:
     score_stats: dict[str, Any] = field(default_factory=dict)
     timing_s: dict[str, float] = field(default_factory=dict)
     """Wall time of each part of :func:`prepare`."""
+    pooler_inputs: np.ndarray | None = None
+    """``--head-layers pooler``: every text's pooler input (the first token's hidden state), row-aligned
+    with ``features``, which then are the global model's pooled features (its score layer's input)."""
     _diffs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """The last :meth:`diffs`, with the arrays it was computed from (shared by ``dataclasses.replace`` copies)."""
 
@@ -301,18 +304,32 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
         rm = load_reward_model(cfg.model)
     # 3. score (features, cached)
     t = time.perf_counter()
-    cache = FeatureCache(cfg.model.cache_dir, rm.feature_key())
+    pooler = cfg.train.mode == "head" and cfg.train.head_layers == "pooler"
+    cache = FeatureCache(cfg.model.cache_dir, rm.feature_key("pooler" if pooler else "score"))
     out = None
     if features_file is not None:
         out = np.lib.format.open_memmap(features_file, mode="w+", dtype=np.float32, shape=(len(text_index), rm.feature_dim))
     describe = _text_describer(data, [(pr, c, r) for (pr, _), (c, r) in zip(sources, text_rows)])
-    feats, stats = encode_features(rm, texts=text_index, out=out, batch_size=cfg.model.score_batch_size, cache=cache,
-                                   progress=progress, describe=describe)
+    pooler_inputs = None
+    if pooler:
+        # the pooler's inputs are cached; the global model's score-layer inputs follow through its own pooler
+        spec = rm.pooler_spec
+        pooler_inputs, stats = encode_features(rm, texts=text_index, batch_size=cfg.model.score_batch_size, cache=cache,
+                                               progress=progress, describe=describe, module=rm.pooler_layer_of())
+        feats = out if out is not None else np.empty((len(text_index), rm.feature_dim), dtype=np.float32)
+        head = rm.pooler_head()
+        for s0 in range(0, len(feats), _CHUNK):
+            feats[s0 : s0 + _CHUNK] = head.pooled(pooler_inputs[s0 : s0 + _CHUNK], spec.activation)
+    else:
+        feats, stats = encode_features(rm, texts=text_index, out=out, batch_size=cfg.model.score_batch_size, cache=cache,
+                                       progress=progress, describe=describe)
     stats = dict(stats)
     stats["corrupt_cache_shards"] = list(cache.corrupt_shards)
     timing["score"] = time.perf_counter() - t
     t = time.perf_counter()
     global_info: dict[str, Any] = {"model": model_label(rm.name), "source": global_source, "formatter": rm.formatter.to_dict()}
+    if pooler:
+        global_info["pooler"] = rm.pooler_spec.to_dict()
     if cfg.model.global_model == PACKAGED_MODEL:
         gd = torch.from_numpy(pair_differences(feats, g_chosen, g_rejected))
         if cfg.train.head_solver == "newton":
@@ -355,6 +372,7 @@ def prepare(cfg: RunConfig, progress: bool = True, rm: RewardModel | None = None
         contested=optional("contested", bool, False), oracle_margin=optional("oracle_margin", float, np.nan),
         text_index=text_index,
         features=feats, rm=rm, global_info=global_info, delta=delta, score_stats=stats, timing_s=timing,
+        pooler_inputs=pooler_inputs,
     )
 
 

@@ -191,7 +191,9 @@ def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | P
     The result loads with ``AutoModelForSequenceClassification.from_pretrained(out_dir)`` and
     ``AutoTokenizer.from_pretrained(out_dir)`` and outputs the same rewards as
     ``model.score(..., group, strength)`` (text-pair models: ``tokenizer(prompt, response)``).
-    Head mode exports any strength and mixture (they are linear in the score layer); lora/full
+    Head mode exports any strength and mixture (they are linear in the score layer), except with
+    ``--head-layers pooler``, where every model has its own pooler: there, as in lora/full, export
+    one model (its pooler and score layer written into the checkpoint); lora/full
     export one model (``strength`` 0 or 1 and one group): a blend of separate networks is not one
     network. Score layers without a bias (Llama's ``score``) cannot store the centring offset: it
     is recorded in ``scpo_export.json`` as ``reward_offset`` and the checkpoint's rewards are the
@@ -212,7 +214,23 @@ def export_checkpoint(model: SteerableRewardModel | str | Path, out_dir: str | P
     coef = srm.coefficients(group, strength)
     src = srm.path
     name = srm.score_layer_name
-    if srm.mode == "head":
+    if srm.mode == "head" and srm.pooler(GLOBAL) is not None:
+        # --head-layers pooler: each model has its own pooler, so only one model is one network
+        if len(coef) != 1:
+            raise ScpoError("head mode with --head-layers pooler: every model has its own pooler, so a blend "
+                            f"({', '.join(coef)}) is not one checkpoint; export strength 0 (global) or 1 with one group")
+        (m,) = coef
+        net = load_checkpoint(src / "global", torch.device("cpu"))
+        pw, pb = srm.pooler(m)
+        dense = net.get_submodule(srm.manifest["pooler"]["name"])
+        with torch.no_grad():
+            dense.weight.copy_(torch.as_tensor(pw, dtype=dense.weight.dtype))
+            dense.bias.copy_(torch.as_tensor(pb, dtype=dense.bias.dtype))
+        cal = srm.calibration[m]
+        wm, bm = srm.head(m)
+        w = cal.scale * wm
+        b = cal.scale * (bm - cal.mean)
+    elif srm.mode == "head":
         net = load_checkpoint(src / "global", torch.device("cpu"))
         w = np.zeros_like(srm.head(GLOBAL)[0])
         b = 0.0

@@ -27,6 +27,7 @@ from .experiment import Experiment, FitResult, PairsUsed
 from .grid import Choice, GridSpec, choose, folds
 from .hashing import stream_seed
 from .heads import HeadJob, train_heads, train_heads_logged, val_accuracy
+from .pooler import fit_pooler_heads
 from .selection import method_pairs
 from .solver import HeadProblem, PullChoice, choose_pull, feature_scale, solve_heads, validation_metrics
 
@@ -71,6 +72,9 @@ def fit(exp: Experiment, methods: Sequence[str], seeds: Sequence[int], *, tau: f
     rows = dict(train_rows) if train_rows is not None else train_rows_of(exp)
     mode = exp.cfg.train.mode
     if mode == "head":
+        if exp.cfg.train.head_layers == "pooler":  # stage 1 is the newton score layer (scpo.pooler)
+            first = _fit_heads_newton(exp, list(methods), list(seeds), tau, beta, rows, progress)
+            return fit_pooler_heads(exp, list(methods), list(seeds), tau, beta, rows, progress, first)
         head_fit = _fit_heads_newton if exp.cfg.train.head_solver == "newton" else _fit_heads
         return head_fit(exp, list(methods), list(seeds), tau, beta, rows, progress)
     if mode in ("full", "lora"):

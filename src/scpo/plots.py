@@ -252,6 +252,7 @@ def _plot_training(results: dict[str, Any], plt: Any):
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, ncol=2 if len(mine) > 4 else 1)
     kind = {"adam": "Adam (mean mini-batch objective between points)", "newton": "Newton solver",
+            "pooler": "pooler + score layer, full-batch Adam from the Newton score layer",
             "trainer": "transformers Trainer (its logged loss)"}.get(str(tr.get("solver")), str(tr.get("solver")))
     fig.suptitle(f"Training curves, {tr.get('mode')} mode, {kind}\nevery fit: {tr.get('log', 'training_log.json')}",
                  fontsize=9)

@@ -118,7 +118,7 @@ def training_log(cfg: RunConfig, splits: list[tuple[int, dict[Any, Any]]]) -> di
     """``training_log.json``: every final fit's curve, from ``(split_seed, FitResult.curves)`` per split.
 
     One entry per (split seed, group, method, seed) in ``fits``: ``kind`` (``adam_steps``,
-    ``newton_iterations`` or ``trainer_log_history``), ``records`` (``step`` or ``iteration``, ``loss``,
+    ``newton_iterations``, ``pooler_adam_steps`` or ``trainer_log_history``), ``records`` (``step`` or ``iteration``, ``loss``,
     ``grad_norm`` and, from the Trainer, ``learning_rate`` and ``epoch``) and the fit's other fields
     (its learning rate and pull, the solver's convergence, the Trainer's end-of-training summary).
     """
@@ -128,7 +128,7 @@ def training_log(cfg: RunConfig, splits: list[tuple[int, dict[Any, Any]]]) -> di
         for (g, m, seed), c in curves.items():
             fits.append({"split_seed": int(split_seed), "group": g, "method": m, "seed": int(seed), **c})
     return {"scpo_training_log_version": 1, "mode": tc.mode,
-            "solver": tc.head_solver if tc.mode == "head" else "trainer", "fits": strict_json(fits)}
+            "solver": ("pooler" if tc.head_layers == "pooler" else tc.head_solver) if tc.mode == "head" else "trainer", "fits": strict_json(fits)}
 
 
 SHOWN_GROUPS = 8

@@ -324,7 +324,8 @@ def _training_section(results: dict[str, Any]) -> list[str]:
         return []
     what = {"adam_steps": "the mini-batch objective of Adam's steps (mean over the steps since the last point) and "
                           "the gradient norm", "newton_iterations": "the Newton solver's objective and gradient norm "
-                          "at each iteration", "trainer_log_history": "the Trainer's log history (loss, grad_norm, "
+                          "at each iteration", "pooler_adam_steps": "the full-batch Adam objective of pooler and score "
+                          "layer at each step, from the Newton score layer (step 0)", "trainer_log_history": "the Trainer's log history (loss, grad_norm, "
                           "learning_rate every `logging_steps`)"}
     lines = ["## Training", "",
              f"Every final fit's curve ({tr['fits']} fits; " + "; ".join(what.get(k, k) for k in tr.get("kinds", []))

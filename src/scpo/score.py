@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import CacheCorruptWarning, ScpoError, TruncationWarning
@@ -326,8 +327,13 @@ def encode_features(
     flush_every: int = 20,
     kill_point: str | None = "scoring",
     describe: Callable[[int], str] | None = None,
+    module: nn.Linear | None = None,
 ) -> tuple[np.ndarray, ScoreStats]:
     """Features (score-layer inputs) of every (prompt, response), row-aligned with the input.
+
+    ``module``: the linear layer whose input the features are (default the score layer; pooler
+    mode passes the pooler's dense layer, :meth:`~scpo.model.RewardModel.pooler_layer_of`). The
+    cache must be keyed to match (:meth:`~scpo.model.RewardModel.feature_key`).
 
     The input is row-aligned ``prompts`` and ``responses`` lists, or a :class:`TextIndex` ``texts``
     (the result's rows are then its text rows). ``out`` (float32 ``[rows, dim]``, e.g. a
@@ -350,7 +356,8 @@ def encode_features(
         n_rows = len(input_text)
     else:
         n_rows = len(texts)
-    dim = rm.feature_dim
+    layer = rm.score_layer if module is None else module
+    dim = layer.in_features
     if out is not None and (out.shape != (n_rows, dim) or out.dtype != np.float32):
         raise ValueError(f"out must be float32 of shape {(n_rows, dim)}, not {out.dtype} of shape {out.shape}")
 
@@ -386,7 +393,7 @@ def encode_features(
         bar = tqdm(total=stats["computed"], desc="scoring", unit="text", disable=not progress or not main, leave=False)
         # each batch computed once, by one rank (scpo.parallel.map_batches), seen by every rank
         computed = forward(rm.model, tokens, batches, pad_id=rm.tokenizer.pad_token_id or 0, output="features",
-                           module=rm.score_layer, work="scoring_forward_passes")
+                           module=layer, work="scoring_forward_passes")
         for i, f in computed:
             b = batches[i]
             if not np.isfinite(f).all():

@@ -261,6 +261,16 @@ class SteerableRewardModel:
             raise ScpoError(f"{self.mode} mode has no separate score layers")
         return self._backend.head(model_id)
 
+    def pooler(self, model_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``--head-layers pooler`` artifacts: the (weight, bias) of a model's pooler dense layer; None otherwise.
+
+        Such models differ below the score layer, so a strength between 0 and 1 or a mixture blends
+        their calibrated *rewards* (as every mode does here); it is no longer one score layer.
+        """
+        if not isinstance(self._backend, HeadBackend):
+            return None
+        return self._backend.pooler_of(model_id)
+
     @property
     def truncated(self) -> int:
         """Inputs truncated to the formatter's ``max_length`` so far."""
