@@ -24,7 +24,7 @@ TINY_ARGS = [
     "--quiet", "--synthetic-preset", "tiny", "--methods", "global,full,scpo,filter-only,weight-only",
     "--seeds", "0,1", "--curve-fractions", "0.5,1", "--sweep-taus", "0.7,1", "--sweep-betas", "inf",
     "--global-steps", "300", "--learning-rates", "3e-3,1e-2", "--steps", "60", "--pulls", "0",
-    "--val-folds", "2", "--n-boot", "200",
+    "--val-folds", "2", "--n-boot", "200", "--downstream-n", "2,8",
 ]
 
 
@@ -88,7 +88,7 @@ def test_report_rebuilds_from_saved_results_without_training(tmp_path):
     text = report.read_text()
     for heading in ("## The paper's claims on this data", "## Comparison", "## Per group", "## Paired tests",
                     "## What carries SCPO's effect", "## Bias", "## Data efficiency", "## Cross-group matrix",
-                    "## tau × beta sweep", "## Plots"):
+                    "## tau × beta sweep", "## Downstream", "## Plots"):
         assert heading in text, heading
     assert text == (run_dir / "report.md").read_text()
     for name in PLOT_FILES:

@@ -388,6 +388,14 @@ class StudyConfig:
     curve_methods: list[str] = _help("methods trained for the learning curves", default_factory=lambda: ["full", "scpo"])
     sweep_taus: list[float] = _help("tau values of a tau x beta sweep of SCPO (empty: no sweep)", default_factory=list)
     sweep_betas: list[float] = _help("beta values of a tau x beta sweep of SCPO (empty: no sweep)", default_factory=list)
+    downstream_n: list[int] = _help(
+        "downstream best-of-N study: the N candidates per prompt, e.g. 4,16,64 (synthetic: new candidates scored "
+        "by every group model against the true utility; goqa: each test question's options against the country's "
+        "answer shares; empty: no study)",
+        default_factory=list,
+    )
+    downstream_prompts: int = _help("downstream study: synthetic prompts to draw candidates for (0: every "
+                                    "benchmark prompt)", default=0)
 
 
     def __post_init__(self) -> None:
@@ -398,6 +406,9 @@ class StudyConfig:
         bad = [m for m in self.curve_methods if m not in METHODS or m == "global"]
         if bad:
             raise ConfigError(f"--curve-methods: not trainable method(s) {bad}")
+        if any(n < 1 for n in self.downstream_n) or self.downstream_prompts < 0:
+            raise ConfigError(f"--downstream-n must be >= 1 and --downstream-prompts >= 0, got "
+                              f"{short(self.downstream_n)} and {self.downstream_prompts}")
         try:
             self.sweep_taus = [validate_tau(t) for t in self.sweep_taus]
             self.sweep_betas = [validate_beta(b) for b in self.sweep_betas]

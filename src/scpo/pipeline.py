@@ -29,6 +29,7 @@ from .provenance import code_revision, command_line
 from .report import training_log, training_summary, write_run
 from .rundir import RunLock, check_directory, check_reuse, invalidate_other_run, run_fingerprint, work_summary
 from .studies.curves import curve_tables, fit_curves
+from .studies.downstream import DownstreamStudy
 from .studies.sweep import run_sweep
 from .tracking import check_report_to, log_head_curves
 
@@ -130,6 +131,7 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         head0 = None
         splits: list[_Split] = []
         sweep_res = None
+        downstream: DownstreamStudy | None = None
         for i, ss in enumerate(split_seeds):
             # prepare
             t = time.time()
@@ -157,6 +159,11 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
                 sweep_res = run_sweep(exp_s, st.sweep_taus or [cfg.select.tau], st.sweep_betas or [cfg.select.beta],
                                       seeds, reference=res, progress=progress)
                 timing["sweep"] += time.time() - t
+            if st.downstream_n:  # downstream best-of-N: measured now, while the shared model holds this split's head
+                t = time.time()
+                downstream = downstream or DownstreamStudy(exp_s, st.downstream_n, st.downstream_prompts, progress)
+                downstream.measure(exp_s, res, methods, seeds)
+                timing["downstream"] = timing.get("downstream", 0.0) + time.time() - t
             info = {"split_seed": ss, "global_model_trained_on_pairs": exp_s.global_info.get("trained_on_pairs"),
                     "train_pairs": int((exp_s.split == "train").sum()), "test_pairs": int((exp_s.split == "test").sum()),
                     "test_units": int(len(set(exp_s.split_key[exp_s.split == "test"])))}
@@ -199,6 +206,10 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
         if sweep_res is not None:
             results["sweep"] = sweep_res
         timing["evaluate"] = time.time() - t
+        if downstream is not None:
+            t = time.time()
+            results["downstream"] = downstream.results(exp, methods, seeds)
+            timing["downstream"] += time.time() - t
         results["timing_s"] = timing
         results["wall_time_s"] = time.time() - t0
         training = training_log(cfg, [(s.info["split_seed"], s.fit.curves) for s in splits])

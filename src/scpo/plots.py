@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from .report_downstream import plot_downstream
 from .report_md import as_float
 from .rundir import atomic_write_bytes
 
 __all__ = ["PLOT_FILES", "make_plots"]
 
 
-PLOT_FILES = ("accuracy.png", "selection.png", "cross_group.png", "curves.png", "sweep.png", "training.png")
+PLOT_FILES = ("accuracy.png", "selection.png", "cross_group.png", "curves.png", "sweep.png", "training.png", "downstream.png")
 
 
 def make_plots(run_dir: Path, results: dict[str, Any]) -> list[str]:
@@ -34,7 +35,7 @@ def make_plots(run_dir: Path, results: dict[str, Any]) -> list[str]:
     pdir = Path(run_dir) / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
     out = []
-    for fn in (_plot_accuracy, _plot_selection, _plot_cross, _plot_curves, _plot_sweep, _plot_training):
+    for fn in (_plot_accuracy, _plot_selection, _plot_cross, _plot_curves, _plot_sweep, _plot_training, plot_downstream):
         fig, name = fn(results, plt)
         if fig is None:
             continue

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .report_downstream import downstream_section
+
 __all__ = ["ORACLE_POOLED_NA", "as_float", "build_report", "p_text", "ratio_text"]
 
 
@@ -291,6 +293,7 @@ def build_report(results: dict[str, Any]) -> str:
     lines.append("")
     lines += _sweep_section(results)
     lines += _training_section(results)
+    lines += downstream_section(results)
     for extra in results.get("report_sections", []):
         lines += [extra, ""]
     plots = results.get("plots", [])

@@ -34,6 +34,7 @@ EVALUATE_DEFAULTS: dict[str, Any] = {
     "methods": ["global", "full", "scpo", "filter-only", "weight-only", "inverse", "random-subset", "scratch"],
     "seeds": [0, 1, 2, 3, 4],
     "curve_fractions": [0.1, 0.25, 0.5, 0.75, 1.0],
+    "downstream_n": [4, 16, 64],
     "output_dir": "runs/evaluate",
 }
 """What ``scpo evaluate`` runs when no flag says otherwise."""

@@ -293,3 +293,39 @@ def load_goqa(cfg: DataConfig) -> PreferenceData:
         stats=stats,
         provenance=provenance,
     )
+
+
+def answer_distributions(cfg: DataConfig) -> list[tuple[str, list[str], dict[str, list[float]]]]:
+    """Every usable row's ``(question, options, group -> answer shares)``, groups named as :func:`load_goqa`
+    names them (aliases merged, two raw samples of one group averaged, all-zero distributions skipped).
+
+    The truth of the downstream study's GlobalOpinionQA variant (:mod:`scpo.studies.downstream`): a
+    question's options are the candidates, a country's shares the share of its respondents each
+    option would match. Rows are validated exactly as :func:`load_goqa` validates them.
+    """
+    file, columns, records, _ = _records(cfg)
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise InputError(f"missing column(s) {missing}", file=file, field=missing[0])
+    parsed = []
+    raw_names: set[str] = set()
+    for row, rec in records:
+        question = require_text(rec.get("question"), file=file, row=row, field="question").strip()
+        options = parse_options(rec.get("options"), file=file, row=row)
+        sel = parse_selections(rec.get("selections"), file=file, row=row)
+        if any(len(shares) != len(options) for shares in sel.values()):
+            raise InputError(f"a share list's length differs from the {len(options)} options", file=file, row=row,
+                             field="selections")
+        raw_names.update(sel)
+        parsed.append((question, options, sel))
+    gmap = group_map(raw_names)
+    out = []
+    for question, options, sel in parsed:
+        merged: dict[str, list[list[float]]] = defaultdict(list)
+        for raw, shares in sel.items():
+            if sum(shares) != 0.0:
+                merged[gmap[raw]].append(shares)
+        if len(options) < 2 or not merged:
+            continue
+        out.append((question, options, {g: [sum(col) / len(lists) for col in zip(*lists)] for g, lists in merged.items()}))
+    return out

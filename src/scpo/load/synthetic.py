@@ -185,18 +185,13 @@ def _response(rng: np.random.Generator, attrs: np.ndarray) -> str:
     return " ".join(s for s in seq if s)
 
 
-def generate(spec: SyntheticSpec | str = "default", seed: int = 0) -> PreferenceData:
-    """Generate the benchmark deterministically from ``seed``."""
-    preset = spec if isinstance(spec, str) else None
-    if isinstance(spec, str):
-        if spec not in PRESETS:
-            raise ValueError(f"unknown synthetic preset {spec!r}; known: {', '.join(PRESETS)}")
-        spec = PRESETS[spec]
-    rng = np.random.default_rng([seed, 0])
+def _prompts_and_pools(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[list[str], list[list[tuple[str, np.ndarray]]]]:
+    """The benchmark's prompts and, per prompt, its pool of (response, attribute vector), distinct texts.
+
+    Draws from ``rng`` exactly what :func:`generate` draws first (its annotators come after).
+    """
     prompts = [t.format(task=task) for task in TASKS for t in PROMPT_TEMPLATES]
     prompts = [prompts[i] for i in rng.permutation(len(prompts))[: spec.n_prompts]]
-
-    # candidate responses per prompt, each with its attribute vector (distinct texts)
     pools: list[list[tuple[str, np.ndarray]]] = []
     for _ in prompts:
         pool, seen = [], set()
@@ -207,6 +202,88 @@ def generate(spec: SyntheticSpec | str = "default", seed: int = 0) -> Preference
                 seen.add(text)
                 pool.append((text, attrs))
         pools.append(pool)
+    return prompts, pools
+
+
+def resolve_spec(spec: SyntheticSpec | str | dict) -> SyntheticSpec:
+    """A :class:`SyntheticSpec` from itself, a preset name or its ``asdict`` (a run's provenance)."""
+    if isinstance(spec, SyntheticSpec):
+        return spec
+    if isinstance(spec, dict):
+        return SyntheticSpec(**spec)
+    if spec not in PRESETS:
+        raise ValueError(f"unknown synthetic preset {spec!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[spec]
+
+
+def group_utility_weights(spec: SyntheticSpec, seed: int) -> dict[str, np.ndarray]:
+    """Every group's true utility weights ``w_shared + d_g`` over :data:`ATTRIBUTES`."""
+    return {g: SHARED_UTILITY + d for g, d in group_deviations(spec, seed).items()}
+
+
+def population_shares(spec: SyntheticSpec) -> dict[str, float]:
+    """Each group's share of the annotators: the weights of the population utility (the pooled data's mix)."""
+    majority, minority = group_names(spec)
+    n = {g: spec.annotators_majority for g in majority} | {g: spec.annotators_minority for g in minority}
+    total = sum(n.values())
+    return {g: k / total for g, k in n.items()}
+
+
+@dataclass(frozen=True)
+class CandidateDraw:
+    """New candidate responses for best-of-N (:func:`draw_candidates`): ``n`` per prompt, never training texts."""
+
+    prompts: list[str]
+    """The prompts (benchmark prompts), ``[P]``."""
+    responses: list[list[str]]
+    """``responses[p]``: the ``n`` candidates of prompt ``p`` (distinct)."""
+    attributes: np.ndarray
+    """``[P, n, len(ATTRIBUTES)]`` 0/1 attribute vector of every candidate."""
+
+    def utility(self, weights: np.ndarray) -> np.ndarray:
+        """``[P, n]`` utility ``weights . a(y)`` of every candidate."""
+        return self.attributes.astype(float) @ np.asarray(weights, dtype=float)
+
+
+def draw_candidates(spec: SyntheticSpec | str | dict, seed: int, n: int, n_prompts: int | None = None,
+                    stream: int = 0) -> CandidateDraw:
+    """``n`` new candidate responses for each of the first ``n_prompts`` benchmark prompts (default all).
+
+    Drawn like the benchmark's own responses (uniform attribute vectors, the same phrases) but
+    from a seed stream of their own (``[seed, 2, stream]``), so they are new draws; every
+    response text of the benchmark's pools (a superset of every training and test text) is
+    excluded, and candidates of a prompt are distinct.
+    """
+    spec = resolve_spec(spec)
+    prompts, pools = _prompts_and_pools(spec, np.random.default_rng([seed, 0]))
+    seen_texts = {text for pool in pools for text, _ in pool}
+    k = len(prompts) if n_prompts is None else min(int(n_prompts), len(prompts))
+    rng = np.random.default_rng([seed, 2, stream])
+    responses, attributes = [], np.zeros((k, n, len(ATTRIBUTES)), dtype=np.int8)
+    for p in range(k):
+        drawn: list[str] = []
+        taken: set[str] = set()
+        while len(drawn) < n:
+            attrs = rng.integers(0, 2, size=len(ATTRIBUTES))
+            text = _response(rng, attrs)
+            if text in seen_texts or text in taken:
+                continue
+            taken.add(text)
+            attributes[p, len(drawn)] = attrs
+            drawn.append(text)
+        responses.append(drawn)
+    return CandidateDraw(prompts=prompts[:k], responses=responses, attributes=attributes)
+
+
+def generate(spec: SyntheticSpec | str = "default", seed: int = 0) -> PreferenceData:
+    """Generate the benchmark deterministically from ``seed``."""
+    preset = spec if isinstance(spec, str) else None
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ValueError(f"unknown synthetic preset {spec!r}; known: {', '.join(PRESETS)}")
+        spec = PRESETS[spec]
+    rng = np.random.default_rng([seed, 0])
+    prompts, pools = _prompts_and_pools(spec, rng)
 
     majority, minority = group_names(spec)
     dev = group_deviations(spec, seed)
