@@ -205,3 +205,39 @@ def test_pooler_run_saves_poolers_and_exports_identical_rewards(pooler_run, tmp_
         assert c.mean == pytest.approx(fresh.calibration[m].mean, abs=1e-4), m
         assert c.scale == pytest.approx(fresh.calibration[m].scale, rel=1e-4), m
 
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "deberta-v2"])
+def test_the_pooler_is_found_in_bert_roberta_and_deberta(kind) -> None:
+    """Tiny random models built from configs (offline): the dense layer, activation and score layer
+    that :func:`scpo.model.find_pooler` finds reproduce the model's own reward from the first
+    token's last hidden state -- the computation ``--head-layers pooler`` trains."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    from scpo.model import POOLER_ACTIVATIONS, find_pooler, find_score_layer
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                  num_labels=1, max_position_embeddings=40)
+    model = {"bert": lambda: BertForSequenceClassification(BertConfig(**common)),
+             "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(**common, pad_token_id=1)),
+             "deberta-v2": lambda: DebertaV2ForSequenceClassification(
+                 DebertaV2Config(**common, pooler_hidden_size=16, pooler_hidden_act="gelu"))}[kind]().eval()
+    spec = find_pooler(model)
+    assert (spec.name, spec.activation) == {"bert": ("bert.pooler.dense", "tanh"),
+                                            "roberta": ("classifier.dense", "tanh"),
+                                            "deberta-v2": ("pooler.dense", "gelu")}[kind]
+    _, score = find_score_layer(model)
+    ids = torch.randint(3, 60, (3, 7))
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        x = out.hidden_states[-1][:, 0]
+        mine = score(POOLER_ACTIVATIONS[spec.activation](model.get_submodule(spec.name)(x)))[:, 0]
+    np.testing.assert_allclose(mine.numpy(), out.logits[:, 0].numpy(), atol=1e-6)
