@@ -209,3 +209,89 @@ def test_the_study_says_why_it_is_skipped(mode, layers, says) -> None:
     study = DownstreamStudy(exp, [4, 16])
     assert study.table is None and says in study.skipped
     assert study.results(exp, ["global", "scpo"], [0]) == {"skipped": study.skipped}
+
+
+def _candidates_file(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_own_candidates_file_is_read_as_shares_and_bad_rows_name_row_and_field(tmp_path: Path) -> None:
+    from scpo.errors import InputError
+    from scpo.load.candidates import load_candidate_choices
+
+    f = _candidates_file(tmp_path / "c.jsonl", [
+        {"prompt": "P1", "candidates": ["a", "b", "c"], "choices": {"Chile": [3, 1, 0], "Japan": [0.2, 0.2, 0.6]}},
+        {"prompt": "P2", "candidates": ["x", "y"], "choices": {"Chile": [1, 1]}},
+    ])
+    rows = load_candidate_choices(f)
+    assert rows[0] == ("P1", ["a", "b", "c"], {"Chile": [0.75, 0.25, 0.0], "Japan": pytest.approx([0.2, 0.2, 0.6])})
+    assert rows[1][2] == {"Chile": [0.5, 0.5]}
+    bad = [({"prompt": "P", "candidates": ["a", "b"], "choices": {"Chile": [1]}}, "choices.Chile", "expected 2 numbers"),
+           ({"prompt": "P", "candidates": ["a", "b"], "choices": {"Chile": [1, -1]}}, "choices.Chile", ">= 0"),
+           ({"prompt": "P", "candidates": ["a", "b"], "choices": {"Chile": [0, 0]}}, "choices.Chile", "every count is 0"),
+           ({"prompt": "P", "candidates": ["a"], "choices": {"Chile": [1]}}, "candidates", "at least two"),
+           ({"prompt": "P", "choices": {"Chile": [1, 1]}}, "candidates", "missing field"),
+           ({"prompt": "P1", "candidates": ["a", "b"], "choices": {"Chile": [1, 1]}}, "prompt", "repeats row 1")]
+    for rec, field, text in bad:
+        first = {"prompt": "P1", "candidates": ["a", "b"], "choices": {"Chile": [1, 1]}}
+        g = _candidates_file(tmp_path / "bad.jsonl", [first, rec])
+        with pytest.raises(InputError, match=text) as e:
+            load_candidate_choices(g)
+        assert (e.value.file, e.value.row, e.value.field) == ("bad.jsonl", 2, field)
+
+
+def test_own_candidates_in_a_run_score_picks_by_held_out_shares(tiny_experiment, tmp_path: Path) -> None:
+    """``--downstream-candidates``: every prompt of the file is an item of every group with choices for
+    it, except prompts a group trained on; a candidate that is a text of the run is an error."""
+    from scpo.errors import InputError
+    from scpo.pipeline import run
+
+    exp = tiny_experiment
+    g0 = exp.groups[0]
+    train_rows = np.flatnonzero((exp.group == g0) & (exp.split == "train"))
+    trained_prompt = exp.texts(exp.chosen_row[train_rows[:1]])[0][0]
+    shares = {g: [1, 2, 3] for g in exp.groups}
+    f = _candidates_file(tmp_path / "mine.jsonl", [
+        {"prompt": "A prompt nobody trained on?", "candidates": ["one new answer", "another", "a third"],
+         "choices": shares},
+        {"prompt": "And a second new prompt?", "candidates": ["yes, do it", "no"],
+         "choices": {g: [4, 1] for g in exp.groups}},
+        {"prompt": trained_prompt, "candidates": ["a fresh reply", "a second fresh reply"],
+         "choices": {g: [1, 0] for g in exp.groups}},
+    ])
+    cfg = exp.cfg.replace(methods=["global", "full", "scpo"], seeds=[0], downstream_candidates=str(f),
+                          output_dir=str(tmp_path / "run"), n_boot=50, val_folds=1, save_models=False)
+    ds = run(cfg, progress=False, exp=exp)["downstream"]
+    assert ds["kind"] == "answer_shares" and ds["source"] == "mine.jsonl" and ds["candidates"] == 7
+    per = ds["settings"]["questions"]["per_group"]
+    assert per[g0]["items"] == 2  # the prompt it trained on is not one of its items
+    assert all(per[g]["items"] == 3 for g in exp.groups[1:] if (exp.group == g).any()
+               and trained_prompt not in set(exp.texts(exp.chosen_row[np.flatnonzero((exp.group == g)
+                                                                                      & (exp.split == "train"))])[0]))
+    for g in exp.groups:
+        row = per[g]
+        assert row["random"]["mean"] <= row["oracle"]["mean"] <= 1.0
+        for m in ("global", "full", "scpo"):
+            assert 0.0 <= row[m]["utility"]["mean"] <= row["oracle"]["mean"] + 1e-12
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "`mine.jsonl`" in text and "share of the group's people matched" in text
+    # a candidate that is a (prompt, response) of the run's pairs: an error naming the file
+    p, r = exp.texts(exp.chosen_row[train_rows[:1]])
+    g = _candidates_file(tmp_path / "clash.jsonl", [{"prompt": p[0], "candidates": [r[0], "something new"],
+                                                     "choices": {g0: [1, 1]}}])
+    with pytest.raises(InputError, match="held-out choices must be on new candidates") as e:
+        run(cfg.replace(downstream_candidates=str(g), output_dir=str(tmp_path / "run2")), progress=False, exp=exp)
+    assert e.value.file == "clash.jsonl"
+
+
+def test_a_bad_candidates_file_exits_2_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    from scpo.cli import main
+
+    f = _candidates_file(tmp_path / "c.jsonl", [{"prompt": "P", "candidates": ["a", "b"], "choices": {"group-a": [1]}}])
+    out = tmp_path / "run"
+    assert main(["run", "--quiet", "--synthetic-preset", "tiny", "--downstream-candidates", str(f),
+                 "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "c.jsonl" in err and "row 1" in err and "choices.group-a" in err
+    assert not out.exists() or not any(out.iterdir())

@@ -396,6 +396,12 @@ class StudyConfig:
     )
     downstream_prompts: int = _help("downstream study: synthetic prompts to draw candidates for (0: every "
                                     "benchmark prompt)", default=0)
+    downstream_candidates: str | None = _help(
+        "downstream study on your own candidates: a JSONL/JSON/Parquet file, one record per prompt "
+        "{prompt, candidates: [texts], choices: {group: [count or share per candidate]}} (held-out human "
+        "choices); each group model's first-ranked candidate is scored by the share of the group that chose it",
+        default=None,
+    )
 
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ from .config import RunConfig
 from .evaluate import Evaluator, SplitMargins, evaluate_splits
 from .experiment import Experiment, FitResult, group_sets, prepare, selection_summary, split_margins
 from .fitting import fit
+from .load.candidates import load_candidate_choices
 from .parallel import is_main_process
 from .provenance import code_revision, command_line
 from .report import training_log, training_summary, write_run
@@ -110,6 +111,8 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
     tc, st = cfg.train, cfg.studies
     check_directory(cfg.model.cache_dir, "--cache-dir")
     trackers = check_report_to(cfg.trainer.report_to, tc.mode)  # an unknown or missing tracker stops the run here
+    if st.downstream_candidates:  # a bad candidates file stops the run here, before anything is written
+        load_candidate_choices(st.downstream_candidates)
     fingerprint = run_fingerprint(yaml.safe_load(cfg.to_yaml()))  # exactly what config.yaml will hold
     check_reuse(out_dir, fingerprint, overwrite=overwrite, resume=resume)  # every rank: all refuse together
     with RunLock(out_dir) if main_process else contextlib.nullcontext():
@@ -159,9 +162,10 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
                 sweep_res = run_sweep(exp_s, st.sweep_taus or [cfg.select.tau], st.sweep_betas or [cfg.select.beta],
                                       seeds, reference=res, progress=progress)
                 timing["sweep"] += time.time() - t
-            if st.downstream_n:  # downstream best-of-N: measured now, while the shared model holds this split's head
+            if st.downstream_n or st.downstream_candidates:  # downstream best-of-N: measured now, while the shared model holds this split's head
                 t = time.time()
-                downstream = downstream or DownstreamStudy(exp_s, st.downstream_n, st.downstream_prompts, progress)
+                downstream = downstream or DownstreamStudy(exp_s, st.downstream_n, st.downstream_prompts, progress,
+                                                            candidates=st.downstream_candidates)
                 downstream.measure(exp_s, res, methods, seeds)
                 timing["downstream"] = timing.get("downstream", 0.0) + time.time() - t
             info = {"split_seed": ss, "global_model_trained_on_pairs": exp_s.global_info.get("trained_on_pairs"),

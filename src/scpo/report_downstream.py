@@ -70,13 +70,16 @@ def downstream_section(results: dict[str, Any]) -> list[str]:
         return lines + [f"Not measured: {ds['skipped']}.", ""]
     synthetic = ds["kind"] == "synthetic"
     pct = not synthetic
-    unit = "true utility" if synthetic else "share of the country's respondents matched (%)"
+    unit = ("true utility" if synthetic else "share of the group's people matched (%)" if ds.get("source")
+            else "share of the country's respondents matched (%)")
     if synthetic:
         lines += [f"{ds['design']}. Each group's model picks the candidate it ranks first; the pick is scored by "
                   f"{ds['truth']}. Population: {ds['population']}. {ds['prompts']} prompts × "
                   f"{ds['candidates_per_prompt']} candidates ({ds['candidates']} new texts scored by the encoder).", ""]
     else:
         first = next(iter(ds["settings"].values()))["per_group"]
+        if ds.get("source"):
+            lines += [f"Candidates and held-out choices: `{ds['source']}` (`--downstream-candidates`).", ""]
         lines += [f"{ds['design']}: the value of a pick is the {ds['truth']}. Population: {ds['population']}. "
                   f"{ds['candidates']} candidate options of the {ds['prompts']} questions the groups answered; test "
                   "questions per group (first split): " + ", ".join(f"{g} {r['items']}" for g, r in first.items())

@@ -28,6 +28,12 @@ candidates, a country's answer shares the truth: ``utility`` is the *share of th
 respondents who chose the option the model ranks first*; ``oracle`` is the largest share; the
 population is the mean distribution over every country that answered (the global model's data).
 
+**The user's own candidates** (``--downstream-candidates FILE``, any data set): a prompt's candidates
+and each group's held-out choices between them (:mod:`scpo.load.candidates`), scored as answer
+shares are: ``utility`` is the share of the group's people who chose the candidate the model ranks
+first. Every prompt of the file is an item of each group with choices for it, except a prompt of
+the group's own training pairs; a candidate that is a text of the run is an error.
+
 **Steering** (synthetic, largest N): the pick of ``(1 − α) z_global + α z_g`` for α in
 :data:`ALPHAS` (``z``: rewards centred and scaled on the run's reference texts, as ``scpo serve``
 calibrates them), and of the two-group mixture ``λ z_g + (1 − λ) z_h`` with ``h`` the largest other
@@ -49,14 +55,17 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..artifact import compute_calibration
+from ..errors import InputError
 from ..evaluate import ClusterBootstrap, SplitDraws, bootstrap_p_value, default_comparisons, percentile_ci
 from ..experiment import Experiment, FitResult, group_sets
 from ..hashing import stream_seed
+from ..load.candidates import load_candidate_choices
 from ..load.goqa import answer_distributions
 from ..load.synthetic import draw_candidates, group_utility_weights, population_shares, resolve_spec
 from ..score import FeatureCache, encode_features
@@ -514,13 +523,16 @@ class DownstreamStudy:
     """The study of a run: candidates drawn and scored once, every split's models measured on them.
 
     ``ns``: the N of best-of-N (synthetic; answer-share data uses each question's options).
-    ``n_prompts``: synthetic prompts (0: every benchmark prompt).
+    ``n_prompts``: synthetic prompts (0: every benchmark prompt). ``candidates``: the user's candidates
+    file with held-out choices (:mod:`scpo.load.candidates`; used instead of the data set's own truth).
     """
 
-    def __init__(self, exp: Experiment, ns: Sequence[int], n_prompts: int = 0, progress: bool = False):
+    def __init__(self, exp: Experiment, ns: Sequence[int], n_prompts: int = 0, progress: bool = False,
+                 candidates: str | None = None):
         t = time.perf_counter()
         self.ns = sorted({int(n) for n in ns})
         self.skipped: str | None = None
+        self.own_file = candidates
         self.table: CandidateTable | None = None
         self.timing: dict[str, float] = {}
         self.score_stats: dict[str, Any] = {}
@@ -534,7 +546,13 @@ class DownstreamStudy:
                             "the score layer (--head-layers score)")
             return
         data = exp.data
-        if data.synthetic:
+        if self.own_file:  # the user's candidates and held-out choices, whatever the data set
+            self.table = goqa_candidates(load_candidate_choices(self.own_file), exp.groups)
+            if not self.table.questions:
+                raise InputError(f"no prompt of the file has choices of a target group ({', '.join(exp.groups)})",
+                                 file=Path(self.own_file).name, field="choices")
+            self._check_new(exp, kind="candidates of --downstream-candidates")
+        elif data.synthetic:
             prov = data.provenance
             self.table = synthetic_candidates(prov["spec"], int(prov["seed"]), max(self.ns), n_prompts or None,
                                               exp.groups)
@@ -556,11 +574,16 @@ class DownstreamStudy:
         self.partners = _largest_other(exp)
         self.splits: list[DownstreamSplit] = []
 
-    def _check_new(self, exp: Experiment) -> None:
-        """Candidates are never texts of the run (training or test): fail loudly if one is."""
+    def _check_new(self, exp: Experiment, kind: str | None = None) -> None:
+        """Candidates are never texts of the run (training or test): fail loudly if one is (generated
+        candidates: an AssertionError, a bug; the user's file, ``kind``: an InputError naming it)."""
         assert self.table is not None
         known = set(zip(*exp.texts(np.arange(len(exp.text_index)))))
         clash = [i for i, t in enumerate(zip(self.table.prompts, self.table.responses)) if t in known]
+        if clash and kind is not None:
+            raise InputError(f"{len(clash)} {kind} are (prompt, response) texts of the run's pairs, e.g. "
+                             f"{self.table.responses[clash[0]]!r:.60}: held-out choices must be on new candidates",
+                             file=Path(self.own_file or "").name, field="candidates")
         if clash:
             raise AssertionError(f"{len(clash)} downstream candidates are texts of the run, e.g. "
                                  f"{self.table.responses[clash[0]]!r}")
@@ -569,6 +592,13 @@ class DownstreamStudy:
         assert self.table is not None
         if self.table.kind == "synthetic":
             return {f"N={n}": block_items(self.table, exp.groups, n) for n in self.ns}
+        if self.own_file:  # every prompt of the file, but never one the group trained on
+            prompts = set(self.table.questions or [])
+            train: dict[str, set[str]] = {}
+            for g in exp.groups:
+                rows = np.flatnonzero((exp.group == g) & (exp.split == "train"))
+                train[g] = set(exp.texts(exp.chosen_row[rows])[0]) if len(rows) else set()
+            return {"questions": question_items(self.table, {g: prompts - train[g] for g in exp.groups})}
         test = {g: set(exp.split_key[(exp.group == g) & (exp.split == "test")].tolist()) for g in exp.groups}
         return {"questions": question_items(self.table, test)}
 
@@ -610,6 +640,14 @@ class DownstreamStudy:
                 "population": "annotator-weighted mean of the groups' true utilities",
                 "design": f"{self.table.candidates_per_prompt} new candidates per benchmark prompt (never a text of "
                           "the benchmark); best-of-N on the M // N disjoint blocks of N of each prompt",
+            })
+        elif self.own_file:
+            out.update({
+                "source": Path(self.own_file).name,
+                "truth": "share of the group's people who chose the candidate the model ranks first",
+                "population": "mean choice distribution over every group with choices for the prompt",
+                "design": "each prompt of the candidates file (never a prompt of the group's training pairs) is "
+                          "one choice among its candidates",
             })
         else:
             out.update({
