@@ -111,8 +111,9 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
     tc, st = cfg.train, cfg.studies
     check_directory(cfg.model.cache_dir, "--cache-dir")
     trackers = check_report_to(cfg.trainer.report_to, tc.mode)  # an unknown or missing tracker stops the run here
-    if st.downstream_candidates:  # a bad candidates file stops the run here, before anything is written
-        load_candidate_choices(st.downstream_candidates)
+    own_candidates = None  # read once; a bad candidates file stops the run here, before anything is written
+    if st.downstream_candidates:
+        own_candidates = (Path(st.downstream_candidates).name, load_candidate_choices(st.downstream_candidates))
     fingerprint = run_fingerprint(yaml.safe_load(cfg.to_yaml()))  # exactly what config.yaml will hold
     check_reuse(out_dir, fingerprint, overwrite=overwrite, resume=resume)  # every rank: all refuse together
     with RunLock(out_dir) if main_process else contextlib.nullcontext():
@@ -165,7 +166,7 @@ def run(cfg: RunConfig | None = None, progress: bool = True, exp: Experiment | N
             if st.downstream_n or st.downstream_candidates:  # downstream best-of-N: measured now, while the shared model holds this split's head
                 t = time.time()
                 downstream = downstream or DownstreamStudy(exp_s, st.downstream_n, st.downstream_prompts, progress,
-                                                            candidates=st.downstream_candidates)
+                                                            candidates=own_candidates)
                 downstream.measure(exp_s, res, methods, seeds)
                 timing["downstream"] = timing.get("downstream", 0.0) + time.time() - t
             info = {"split_seed": ss, "global_model_trained_on_pairs": exp_s.global_info.get("trained_on_pairs"),

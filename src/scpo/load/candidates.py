@@ -41,7 +41,7 @@ def load_candidate_choices(path: str | Path) -> list[tuple[str, list[str], dict[
     """``(prompt, candidates, group -> shares)`` of every record of ``path`` (see the module docstring)."""
     file = Path(path).name
     _, records = read_records(path)
-    raw: list[tuple[int, str, list[str], dict[str, list[float]]]] = []
+    raw: list[tuple[str, list[str], dict[str, list[float]]]] = []
     seen: dict[str, int] = {}
     for row, rec in records:
         for key in ("prompt", "candidates", "choices"):
@@ -79,12 +79,12 @@ def load_candidate_choices(path: str | Path) -> list[tuple[str, list[str], dict[
             if not name:
                 raise InputError("a group name is empty", file=file, row=row, field="choices")
             shares[name] = [float(v) / total for v in vals]
-        raw.append((row, prompt, cands, shares))
+        raw.append((prompt, cands, shares))
     if not raw:
         raise InputError("no records: nothing to choose between", file=file)
-    names = group_map({g for _, _, _, s in raw for g in s})
+    names = group_map({g for _, _, s in raw for g in s})
     out = []
-    for _row, prompt, cands, shares in raw:
+    for prompt, cands, shares in raw:
         merged: dict[str, list[list[float]]] = {}
         for g, v in shares.items():
             merged.setdefault(names[g], []).append(v)

@@ -55,7 +55,6 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,7 +64,6 @@ from ..errors import InputError
 from ..evaluate import ClusterBootstrap, SplitDraws, bootstrap_p_value, default_comparisons, percentile_ci
 from ..experiment import Experiment, FitResult, group_sets
 from ..hashing import stream_seed
-from ..load.candidates import load_candidate_choices
 from ..load.goqa import answer_distributions
 from ..load.synthetic import draw_candidates, group_utility_weights, population_shares, resolve_spec
 from ..score import FeatureCache, encode_features
@@ -409,22 +407,21 @@ def _setting_tables(splits: Sequence[DownstreamSplit], setting: str, groups: Seq
     for k, gs in sets.items():
         group_rows[k]["oracle"] = _entry(*st.macro(ref, gs))
         group_rows[k]["random"] = _entry(*st.macro(rnd, gs))
+    def row(key: str, m: str, V: Mapping[str, Any], stat: Any) -> dict[str, Any]:
+        """One method's entries for a group or a group set (``stat``: its point and replicates)."""
+        out = {}
+        for name in ("utility", "gain", "win_rate", "loss_rate", "population_loss"):
+            keep[(key, m, name)] = stat(V[name])
+            out[name] = _entry(*keep[(key, m, name)])
+        out["gap_closed"] = _ratio(keep[(key, m, "gain")], stat(V["headroom"]))
+        return out
+
     for m in methods:
         V = _metric_values(splits, setting, groups, seeds, m)
         for g in groups:
-            row = {}
-            for name in ("utility", "gain", "win_rate", "loss_rate", "population_loss"):
-                keep[(g, m, name)] = st.group(V[name], g)
-                row[name] = _entry(*keep[(g, m, name)])
-            row["gap_closed"] = _ratio(keep[(g, m, "gain")], st.group(V["headroom"], g))
-            per_group[g][m] = row
+            per_group[g][m] = row(g, m, V, lambda v, g=g: st.group(v, g))
         for k, gs in sets.items():
-            row = {}
-            for name in ("utility", "gain", "win_rate", "loss_rate", "population_loss"):
-                keep[(k, m, name)] = st.macro(V[name], gs)
-                row[name] = _entry(*keep[(k, m, name)])
-            row["gap_closed"] = _ratio(keep[(k, m, "gain")], st.macro(V["headroom"], gs))
-            group_rows[k][m] = row
+            group_rows[k][m] = row(k, m, V, lambda v, gs=gs: st.macro(v, gs))
     tests: dict[str, Any] = {}
     for a, b in comparisons:
         key = f"{a} vs {b}"
@@ -524,15 +521,16 @@ class DownstreamStudy:
 
     ``ns``: the N of best-of-N (synthetic; answer-share data uses each question's options).
     ``n_prompts``: synthetic prompts (0: every benchmark prompt). ``candidates``: the user's candidates
-    file with held-out choices (:mod:`scpo.load.candidates`; used instead of the data set's own truth).
+    with held-out choices, ``(file name, rows of scpo.load.candidates.load_candidate_choices)``, used
+    instead of the data set's own truth.
     """
 
     def __init__(self, exp: Experiment, ns: Sequence[int], n_prompts: int = 0, progress: bool = False,
-                 candidates: str | None = None):
+                 candidates: tuple[str, Sequence[tuple[str, list[str], Mapping[str, list[float]]]]] | None = None):
         t = time.perf_counter()
         self.ns = sorted({int(n) for n in ns})
         self.skipped: str | None = None
-        self.own_file = candidates
+        self.source = candidates[0] if candidates is not None else None
         self.table: CandidateTable | None = None
         self.timing: dict[str, float] = {}
         self.score_stats: dict[str, Any] = {}
@@ -546,11 +544,11 @@ class DownstreamStudy:
                             "the score layer (--head-layers score)")
             return
         data = exp.data
-        if self.own_file:  # the user's candidates and held-out choices, whatever the data set
-            self.table = goqa_candidates(load_candidate_choices(self.own_file), exp.groups)
+        if candidates is not None:  # the user's candidates and held-out choices, whatever the data set
+            self.table = goqa_candidates(candidates[1], exp.groups)
             if not self.table.questions:
                 raise InputError(f"no prompt of the file has choices of a target group ({', '.join(exp.groups)})",
-                                 file=Path(self.own_file).name, field="choices")
+                                 file=self.source, field="choices")
             self._check_new(exp, kind="candidates of --downstream-candidates")
         elif data.synthetic:
             prov = data.provenance
@@ -583,7 +581,7 @@ class DownstreamStudy:
         if clash and kind is not None:
             raise InputError(f"{len(clash)} {kind} are (prompt, response) texts of the run's pairs, e.g. "
                              f"{self.table.responses[clash[0]]!r:.60}: held-out choices must be on new candidates",
-                             file=Path(self.own_file or "").name, field="candidates")
+                             file=self.source, field="candidates")
         if clash:
             raise AssertionError(f"{len(clash)} downstream candidates are texts of the run, e.g. "
                                  f"{self.table.responses[clash[0]]!r}")
@@ -592,7 +590,7 @@ class DownstreamStudy:
         assert self.table is not None
         if self.table.kind == "synthetic":
             return {f"N={n}": block_items(self.table, exp.groups, n) for n in self.ns}
-        if self.own_file:  # every prompt of the file, but never one the group trained on
+        if self.source is not None:  # every prompt of the file, but never one the group trained on
             prompts = set(self.table.questions or [])
             train: dict[str, set[str]] = {}
             for g in exp.groups:
@@ -641,9 +639,9 @@ class DownstreamStudy:
                 "design": f"{self.table.candidates_per_prompt} new candidates per benchmark prompt (never a text of "
                           "the benchmark); best-of-N on the M // N disjoint blocks of N of each prompt",
             })
-        elif self.own_file:
+        elif self.source is not None:
             out.update({
-                "source": Path(self.own_file).name,
+                "source": self.source,
                 "truth": "share of the group's people who chose the candidate the model ranks first",
                 "population": "mean choice distribution over every group with choices for the prompt",
                 "design": "each prompt of the candidates file (never a prompt of the group's training pairs) is "
